@@ -1,0 +1,1 @@
+"""One module per Google Cloud resource family: describe, create, delete."""

@@ -1,0 +1,86 @@
+"""kubectl and helm, always aimed at the stack's own cluster.
+
+Every call names `--context` explicitly, so a task never acts on whatever
+context happens to be current in the user's kubeconfig.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from metaflow_gcp.errors import NotFound
+from metaflow_gcp.shell import Result, Runner
+
+
+class Kubectl:
+    def __init__(self, runner: Runner, context: str) -> None:
+        self.runner = runner
+        self.context = context
+
+    def argv(self, *args: str, namespace: str | None = None) -> list[str]:
+        argv = ["kubectl", f"--context={self.context}"]
+        if namespace:
+            argv.append(f"--namespace={namespace}")
+        return [*argv, *args]
+
+    def read(self, *args: str, namespace: str | None = None, dry: Any = None) -> Any:
+        """`kubectl get ... -o json`, parsed; `dry` in a dry run."""
+        result = self.runner.run(
+            self.argv(*args, "-o", "json", namespace=namespace), mutating=False
+        )
+        return dry if result.dry_run else result.json()
+
+    def get(self, kind: str, name: str, *, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            found = self.read("get", kind, name, namespace=namespace)
+        except NotFound:
+            return None
+        return found if isinstance(found, dict) else None
+
+    def run(
+        self,
+        *args: str,
+        namespace: str | None = None,
+        mutating: bool = True,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> Result:
+        return self.runner.run(
+            self.argv(*args, namespace=namespace),
+            mutating=mutating,
+            stdin=stdin,
+            timeout=timeout,
+            check=check,
+        )
+
+    def apply_stdin(self, manifest: str, *, namespace: str | None = None) -> Result:
+        """Apply a manifest given on stdin: how Secrets reach the cluster without touching disk."""
+        return self.run("apply", "-f", "-", namespace=namespace, stdin=manifest)
+
+
+class Helm:
+    def __init__(self, runner: Runner, context: str) -> None:
+        self.runner = runner
+        self.context = context
+
+    def argv(self, *args: str) -> list[str]:
+        return ["helm", f"--kube-context={self.context}", *args]
+
+    def run(
+        self,
+        *args: str,
+        mutating: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+    ) -> Result:
+        return self.runner.run(self.argv(*args), mutating=mutating, timeout=timeout, stdin=stdin)
+
+    def releases(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        scope: Sequence[str] = (f"--namespace={namespace}",) if namespace else ("--all-namespaces",)
+        result = self.runner.run(
+            self.argv("list", *scope, "--output=json"), mutating=False, dry_stdout="[]"
+        )
+        found = result.json()
+        return found if isinstance(found, list) else []

@@ -1,0 +1,289 @@
+"""The stack's state: one small JSON document per stack in a versioned GCS bucket.
+
+Writes carry the object generation they were based on (`--if-generation-match`,
+0 for "only if absent"), so two administrators can never overwrite each other;
+the loser re-reads and tries again. The lock and the DB generation counter are
+fields of that one document, so they inherit the same guarantee.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import random
+import re
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from metaflow_gcp.config import Names
+from metaflow_gcp.errors import LockHeld, NotFound, PreconditionFailed, StackError
+from metaflow_gcp.gcp.gcloud import Gcloud
+
+SCHEMA = 1
+_CREATED = re.compile(r"gs://\S+#(\d+)")
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The document and the generation it was read at (0: no document yet)."""
+
+    data: Doc
+    generation: int
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def db_generation(doc: Doc, floor: int) -> int:
+    """The generation to use: the counter, never below the floor from the settings."""
+    return max(int(doc.get("db_generation", 0)), floor)
+
+
+class StateStore:
+    """Reads and writes one stack's document; keeps the last generation it saw."""
+
+    def __init__(self, gcloud: Gcloud, names: Names, *, location: str) -> None:
+        self.gcloud = gcloud
+        self.names = names
+        self.location = location
+        self.url = f"gs://{names.state_bucket}/{names.state_object}"
+        self.lock_id = uuid.uuid4().hex
+        self._last: Snapshot | None = None
+
+    # -- bucket --------------------------------------------------------------------------
+
+    def ensure_bucket(self) -> bool:
+        """Create the state bucket if missing (UBLA, no public access, versioned). True if made."""
+        bucket = f"gs://{self.names.state_bucket}"
+        found = self.gcloud.describe("storage", "buckets", "describe", bucket)
+        created = False
+        if found is None:
+            self.gcloud.mutate(
+                "storage",
+                "buckets",
+                "create",
+                bucket,
+                f"--location={self.location}",
+                "--uniform-bucket-level-access",
+                "--public-access-prevention",
+                fmt=None,
+            )
+            created = True
+        if found is None or not found.get("versioning_enabled"):
+            self.gcloud.mutate("storage", "buckets", "update", bucket, "--versioning", fmt=None)
+        return created
+
+    # -- reading -------------------------------------------------------------------------
+
+    def peek(self) -> Doc | None:
+        """The current document without its generation: one call, for read-only paths."""
+        if self.gcloud.dry_run:
+            return None
+        try:
+            result = self.gcloud.runner.run(
+                ["gcloud", "storage", "cat", self.url, f"--project={self.gcloud.project}"],
+                mutating=False,
+            )
+        except NotFound:
+            return None
+        return _parse(result.stdout, self.url)
+
+    def read(self) -> Snapshot:
+        """The document and its generation, consistent with each other."""
+        if self.gcloud.dry_run:
+            return self._remember(Snapshot(self._blank(), 0))
+        meta = self.gcloud.describe("storage", "objects", "describe", self.url)
+        if meta is None:
+            return self._remember(Snapshot(self._blank(), 0))
+        generation = int(meta["generation"])
+        try:
+            result = self.gcloud.runner.run(
+                [
+                    "gcloud",
+                    "storage",
+                    "cat",
+                    f"{self.url}#{generation}",
+                    f"--project={self.gcloud.project}",
+                ],
+                mutating=False,
+            )
+        except NotFound:
+            # Replaced and pruned between the two calls: the caller's write will 412 and retry.
+            return self._remember(Snapshot(self._blank(), generation))
+        return self._remember(Snapshot(_parse(result.stdout, self.url), generation))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, data: Doc, generation: int) -> int:
+        """Write iff the live object is still at `generation`; return the new generation.
+
+        Uploads from a small temp file: small uploads are single-request (non-resumable),
+        which is where every GCS implementation checks the precondition.
+        """
+        data = {**data, "schema": SCHEMA, "updated_at": now(), "updated_by": _who()}
+        if self.gcloud.dry_run:
+            self._remember(Snapshot(data, generation + 1))
+            return generation + 1
+        with tempfile.TemporaryDirectory(prefix="mf-state-") as tmp:
+            path = Path(tmp) / "state.json"
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            result = self.gcloud.mutate(
+                "storage",
+                "cp",
+                str(path),
+                self.url,
+                f"--if-generation-match={generation}",
+                "--print-created-message",
+                fmt=None,
+            )
+        match = _CREATED.search(result.stdout + "\n" + result.stderr)
+        new_generation = int(match.group(1)) if match else self._generation_now()
+        self._remember(Snapshot(data, new_generation))
+        return new_generation
+
+    def update(self, change: Callable[[Doc], None], *, attempts: int = 10) -> Snapshot:
+        """Read-modify-write under the generation precondition, retrying when someone else won.
+
+        `change` edits the document in place and may raise to abort (e.g. LockHeld).
+        """
+        fresh = self._last is None
+        snapshot = self.read() if self._last is None else self._last
+        for attempt in range(attempts):
+            data = json.loads(json.dumps(snapshot.data))
+            try:
+                change(data)
+            except StackError:
+                if fresh:
+                    raise
+                snapshot, fresh = self.read(), True  # judge on what is there now, not our cache
+                continue
+            try:
+                self.write(data, snapshot.generation)
+                assert self._last is not None
+                return self._last
+            except PreconditionFailed:
+                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # noqa: S311 - jitter
+                snapshot, fresh = self.read(), True
+        raise StackError(
+            f"could not update {self.url}: it changed {attempts} times while we tried. "
+            "Fix: check for another run working on this stack, then retry"
+        )
+
+    # -- the lock ------------------------------------------------------------------------
+
+    def acquire(self, task: str, *, force: bool = False) -> Doc | None:
+        """Take the stack's lock; returns the record of a lock we broke (with force), if any."""
+        broken: list[Doc] = []
+        record = {
+            "id": self.lock_id,
+            "holder": _who(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": now(),
+            "task": task,
+        }
+
+        def take(doc: Doc) -> None:
+            held = doc.get("lock")
+            if held and held.get("id") != self.lock_id:
+                if not force:
+                    raise LockHeld(
+                        held.get("holder", "?"), held.get("since", "?"), held.get("task", "?")
+                    )
+                broken.append(held)
+            doc["lock"] = record
+
+        self.update(take)
+        return broken[0] if broken else None
+
+    def release(self) -> None:
+        """Drop our lock (only ours: a lock broken by someone else stays theirs)."""
+
+        def drop(doc: Doc) -> None:
+            held = doc.get("lock")
+            if held and held.get("id") == self.lock_id:
+                doc["lock"] = None
+
+        self.update(drop)
+
+    def force_unlock(self) -> Doc | None:
+        """Remove whoever's lock is there; returns what was removed."""
+        removed: list[Doc] = []
+
+        def drop(doc: Doc) -> None:
+            if doc.get("lock"):
+                removed.append(doc["lock"])
+            doc["lock"] = None
+
+        self.update(drop)
+        return removed[0] if removed else None
+
+    # -- the DB generation counter -------------------------------------------------------
+
+    def bump_db_generation(self, floor: int) -> int:
+        """Move to the next SQL instance name, atomically; returns the new generation."""
+        bumped: list[int] = []
+
+        def bump(doc: Doc) -> None:
+            doc["db_generation"] = db_generation(doc, floor) + 1
+            bumped.append(doc["db_generation"])
+
+        self.update(bump)
+        return bumped[-1]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def last(self) -> Snapshot | None:
+        return self._last
+
+    def _blank(self) -> Doc:
+        return {
+            "schema": SCHEMA,
+            "stack": self.names.stack,
+            "project": self.names.project,
+            "db_generation": 0,
+            "lock": None,
+        }
+
+    def _remember(self, snapshot: Snapshot) -> Snapshot:
+        self._last = snapshot
+        return snapshot
+
+    def _generation_now(self) -> int:
+        meta = self.gcloud.describe("storage", "objects", "describe", self.url)
+        if meta is None:
+            raise StackError(f"{self.url} vanished right after it was written")
+        return int(meta["generation"])
+
+
+def _parse(text: str, url: str) -> Doc:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise StackError(
+            f"{url} is not valid JSON. Fix: restore an earlier version "
+            "(`gcloud storage ls -a` lists them; the bucket is versioned)"
+        ) from None
+    if not isinstance(data, dict):
+        raise StackError(f"{url} does not hold a JSON object")
+    return data
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

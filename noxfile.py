@@ -1,0 +1,61 @@
+"""Test and check sessions. `nox` alone runs the whole test suite (the README's command)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Every test: unit, integration (real gcloud vs local fakes), charts."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """The fast layer only: logic and command construction."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "not integration", "tests/unit", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """The real gcloud CLI against the local fakes."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def charts(session: nox.Session) -> None:
+    """Render, lint and validate our Helm charts with a real Helm engine."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "tests/charts", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: style and common bugs."""
+    session.install("ruff")
+    session.run("ruff", "check", "lib", "tests", "tasks.py", "noxfile.py", "bench")
+    session.run("ruff", "format", "--check", "lib", "tasks.py", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not tests): infra.up against the fake with injected latencies; prints ratios."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "bench.infra_up", *session.posargs)

@@ -1,0 +1,137 @@
+"""The state file in GCS, through the real gcloud against fake-gcs-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from metaflow_gcp.errors import LockHeld, PreconditionFailed
+from metaflow_gcp.state import StateStore
+from tests.integration.conftest import STACK
+
+pytestmark = pytest.mark.integration
+
+StoreFactory = Callable[[], StateStore]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_state_bucket_is_created_private_uniform_and_versioned(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    assert store.ensure_bucket() is True
+    bucket = store.gcloud.describe(
+        "storage", "buckets", "describe", f"gs://{store.names.state_bucket}"
+    )
+    assert bucket is not None
+    assert bucket["versioning_enabled"] is True
+    assert store.ensure_bucket() is False
+
+
+def test_a_missing_document_reads_as_blank_at_generation_zero(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    store.ensure_bucket()
+    snapshot = store.read()
+    assert snapshot.generation == 0
+    assert snapshot.data["db_generation"] == 0
+    assert store.peek() is None
+
+
+def test_a_write_based_on_a_stale_generation_is_refused(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    store.ensure_bucket()
+    first = store.write({"db_generation": 1}, 0)
+    assert first > 0
+    with pytest.raises(PreconditionFailed):
+        store.write({"db_generation": 99}, 0)
+    second = store.write({"db_generation": 2}, first)
+    assert second != first
+    assert store.read().data["db_generation"] == 2
+    assert store.peek() == store.read().data
+
+
+def test_an_update_retries_when_another_run_wrote_in_between(store_factory: StoreFactory) -> None:
+    mine, theirs = store_factory(), store_factory()
+    mine.ensure_bucket()
+    mine.update(lambda doc: doc.update(note="mine"))
+    theirs.update(lambda doc: doc.update(other="theirs"))
+    mine.update(lambda doc: doc.update(note="mine again"))  # its cached generation is stale
+    data = store_factory().read().data
+    assert (data["note"], data["other"]) == ("mine again", "theirs")
+
+
+def test_a_second_run_is_refused_naming_who_holds_the_stack(store_factory: StoreFactory) -> None:
+    first, second = store_factory(), store_factory()
+    first.ensure_bucket()
+    first.acquire("infra.up")
+    with pytest.raises(LockHeld) as held:
+        second.acquire("teardown")
+    assert held.value.task == "infra.up"
+    assert "@" in held.value.holder
+    assert "--force-unlock" in str(held.value)
+    first.release()
+    second.acquire("teardown")
+
+
+def test_a_stale_lock_is_broken_only_on_purpose(store_factory: StoreFactory) -> None:
+    dead, rescuer = store_factory(), store_factory()
+    dead.ensure_bucket()
+    dead.acquire("infra.up")
+    broken = rescuer.acquire("infra.up", force=True)
+    assert broken is not None and broken["task"] == "infra.up"
+    dead.release()  # the dead run coming back must not drop the rescuer's lock
+    assert store_factory().read().data["lock"]["id"] == rescuer.lock_id
+
+
+def test_the_db_generation_only_moves_forward_and_respects_the_floor(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    store.ensure_bucket()
+    assert store.bump_db_generation(floor=0) == 1
+    assert store.bump_db_generation(floor=5) == 6
+    assert store.bump_db_generation(floor=0) == 7
+
+
+def _spawn(action: str, count: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.state_worker", action, str(count)],
+        cwd=ROOT,
+        env={**os.environ, **env, "STACK_SETTINGS": json.dumps(STACK)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_processes_bumping_at_once_get_distinct_values_and_the_right_total(
+    store_factory: StoreFactory, gcs_env: dict[str, str]
+) -> None:
+    store_factory().ensure_bucket()
+    workers = [_spawn("bump", 2, gcs_env) for _ in range(3)]
+    values: list[int] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 0, err
+        values.extend(json.loads(out))
+    assert sorted(values) == [1, 2, 3, 4, 5, 6]
+    assert store_factory().read().data["db_generation"] == 6
+
+
+def test_two_runs_taking_the_lock_at_once_exactly_one_wins(
+    store_factory: StoreFactory, gcs_env: dict[str, str]
+) -> None:
+    store_factory().ensure_bucket()
+    workers = [_spawn("lock", 1, gcs_env) for _ in range(2)]
+    outcomes = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        outcomes.append(json.loads(out))
+    assert sorted(o == "won" for o in outcomes) == [False, True], outcomes
