@@ -88,8 +88,6 @@ class StateStore:
 
     def peek(self) -> Doc | None:
         """The current document without its generation: one call, for read-only paths."""
-        if self.gcloud.dry_run:
-            return None
         try:
             result = self.gcloud.runner.run(
                 ["gcloud", "storage", "cat", self.url, f"--project={self.gcloud.project}"],
@@ -97,12 +95,10 @@ class StateStore:
             )
         except NotFound:
             return None
-        return _parse(result.stdout, self.url)
+        return None if result.dry_run else _parse(result.stdout, self.url)
 
     def read(self) -> Snapshot:
         """The document and its generation, consistent with each other."""
-        if self.gcloud.dry_run:
-            return self._remember(Snapshot(self._blank(), 0))
         meta = self.gcloud.describe("storage", "objects", "describe", self.url)
         if meta is None:
             return self._remember(Snapshot(self._blank(), 0))
@@ -133,6 +129,15 @@ class StateStore:
         """
         data = {**data, "schema": SCHEMA, "updated_at": now(), "updated_by": _who()}
         if self.gcloud.dry_run:
+            self.gcloud.mutate(
+                "storage",
+                "cp",
+                "STATE.json",
+                self.url,
+                f"--if-generation-match={generation}",
+                "--print-created-message",
+                fmt=None,
+            )
             self._remember(Snapshot(data, generation + 1))
             return generation + 1
         with tempfile.TemporaryDirectory(prefix="mf-state-") as tmp:

@@ -1,0 +1,38 @@
+"""The Google APIs the stack needs, enabled in one call."""
+
+from __future__ import annotations
+
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.graph import Outcome, StepRun
+
+REQUIRED = (
+    "compute.googleapis.com",
+    "container.googleapis.com",
+    "sqladmin.googleapis.com",
+    "servicenetworking.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+)
+
+
+def enabled(gcloud: Gcloud) -> set[str]:
+    services = gcloud.read("services", "list", "--enabled", dry=[]) or []
+    return {str(s.get("config", {}).get("name") or s["name"].rsplit("/", 1)[-1]) for s in services}
+
+
+def missing(gcloud: Gcloud) -> list[str]:
+    have = enabled(gcloud)
+    return [api for api in REQUIRED if api not in have]
+
+
+def ensure(gcloud: Gcloud, run: StepRun) -> Outcome:
+    todo = missing(gcloud)
+    if not todo:
+        return Outcome.KEPT
+    run.before_change()
+    run.note(f"enabling {len(todo)} APIs")
+    gcloud.mutate("services", "enable", *todo, timeout=1200, fmt=None)
+    return Outcome.CREATED

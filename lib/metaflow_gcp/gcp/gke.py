@@ -1,0 +1,164 @@
+"""A zonal GKE Standard cluster with Workload Identity, and kubectl credentials for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from metaflow_gcp.config import Names, Settings
+from metaflow_gcp.errors import StackError
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.gcp.operations import OperationFailed, follow
+from metaflow_gcp.graph import Outcome, StepRun
+
+CREATE_TIMEOUT = 40 * 60.0
+TYPICAL_CREATE = 0.0  # seconds before the first poll; 0 keeps fast fakes fast
+
+
+def create_flags(s: Settings, n: Names) -> list[str]:
+    return [
+        f"--location={n.zone}",
+        f"--network={n.network}",
+        f"--subnetwork={n.subnet}",
+        "--enable-ip-alias",
+        f"--workload-pool={n.workload_pool}",
+        "--workload-metadata=GKE_METADATA",
+        f"--service-account={n.node_sa}",
+        "--scopes=cloud-platform",
+        "--num-nodes=1",
+        "--enable-autoscaling",
+        f"--min-nodes={s.min_nodes}",
+        f"--max-nodes={s.max_nodes}",
+        f"--machine-type={s.node_machine_type}",
+        "--release-channel=regular",
+        f"--labels=stack={n.stack},managed-by=metaflow-gcp",
+    ]
+
+
+def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
+    return gcloud.describe("container", "clusters", "describe", n.cluster, f"--location={n.zone}")
+
+
+def drift(found: dict[str, Any], n: Names) -> list[str]:
+    problems = []
+    pool = found.get("workloadIdentityConfig", {}).get("workloadPool")
+    if pool != n.workload_pool:
+        problems.append("has no Workload Identity pool")
+    if found.get("subnetwork") not in (n.subnet, None) and not str(
+        found.get("subnetwork", "")
+    ).endswith(f"/{n.subnet}"):
+        problems.append(f"is not on subnet {n.subnet}")
+    return problems
+
+
+def _wait_running(gcloud: Gcloud, n: Names, run: StepRun, what: str) -> None:
+    def poll() -> tuple[bool, str]:
+        found = describe(gcloud, n)
+        status = (found or {}).get("status", "MISSING")
+        if status == "RUNNING":
+            return True, status
+        if status in ("ERROR", "DEGRADED", "MISSING", "STOPPING"):
+            message = (found or {}).get("statusMessage", "")
+            raise OperationFailed(
+                f"cluster {n.cluster} is {status}{': ' + message if message else ''}"
+            )
+        return False, status
+
+    follow(run, what, poll, timeout=CREATE_TIMEOUT)
+
+
+def _wait_operation(gcloud: Gcloud, n: Names, run: StepRun, operation: str) -> None:
+    def poll() -> tuple[bool, str]:
+        op = gcloud.read(
+            "container",
+            "operations",
+            "describe",
+            operation,
+            f"--location={n.zone}",
+            dry={"status": "DONE"},
+        )
+        if op.get("status") != "DONE":
+            return False, str(op.get("status", "RUNNING"))
+        error = op.get("error") or {}
+        if error.get("message") or op.get("statusMessage"):
+            raise OperationFailed(
+                f"creating cluster {n.cluster} failed: "
+                f"{error.get('message') or op['statusMessage']}"
+            )
+        return True, "DONE"
+
+    follow(
+        run,
+        f"creating cluster {n.cluster}",
+        poll,
+        timeout=CREATE_TIMEOUT,
+        first_wait=TYPICAL_CREATE,
+    )
+
+
+def ensure_cluster(gcloud: Gcloud, s: Settings, n: Names, run: StepRun) -> Outcome:
+    found = describe(gcloud, n)
+    if found is not None:
+        status = found.get("status")
+        if status in ("PROVISIONING", "RECONCILING"):
+            _wait_running(gcloud, n, run, f"cluster {n.cluster} (resumed)")
+            return Outcome.CREATED
+        if status != "RUNNING":
+            raise StackError(
+                f"GKE cluster {n.cluster} is {status}. Fix: wait for it to settle, or delete it "
+                "with `inv teardown` and re-run"
+            )
+        problems = drift(found, n)
+        if problems:
+            run.note(f"{n.cluster} {'; '.join(problems)} (not changed automatically)")
+        return Outcome.KEPT
+    run.before_change(f"create GKE cluster {n.cluster} in {n.zone} ({s.node_machine_type})")
+    run.note(f"creating {n.cluster}")
+    result = gcloud.mutate(
+        "container", "clusters", "create", n.cluster, *create_flags(s, n), "--async"
+    )
+    if gcloud.dry_run:
+        return Outcome.CREATED
+    _wait_operation(gcloud, n, run, operation_name(result.json()))
+    return Outcome.CREATED
+
+
+def operation_name(created: Any) -> str:
+    """`clusters create --async --format=json` prints the operation (or a list of one)."""
+    op = created[0] if isinstance(created, list) else created
+    name = str(op["name"])
+    return name.rsplit("/", 1)[-1]
+
+
+# -- kubectl credentials ----------------------------------------------------------------
+
+
+def kubeconfig_path() -> Path:
+    first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    return Path(first) if first else Path.home() / ".kube" / "config"
+
+
+def has_context(context: str, path: Path | None = None) -> bool:
+    path = path or kubeconfig_path()
+    if not path.is_file():
+        return False
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return False
+    return any(c.get("name") == context for c in config.get("contexts") or [])
+
+
+def ensure_credentials(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """Write the cluster's kubectl context (gke_PROJECT_ZONE_CLUSTER) if it is not there yet."""
+    path = Path(gcloud.runner.env["KUBECONFIG"]) if "KUBECONFIG" in gcloud.runner.env else None
+    if not gcloud.dry_run and has_context(n.kube_context, path):
+        return Outcome.KEPT
+    run.before_change(f"write kubectl credentials for {n.cluster}")
+    gcloud.mutate(
+        "container", "clusters", "get-credentials", n.cluster, f"--location={n.zone}", fmt=None
+    )
+    return Outcome.CREATED

@@ -1,0 +1,237 @@
+"""Service accounts and their least-privilege roles.
+
+Project bindings are written as one policy edit (read, add what is missing, write
+with the etag), not one `add-iam-policy-binding` per role: fewer calls, and no
+two edits of ours can race each other. A concurrent edit by someone else makes the
+write fail with ABORTED; we re-read and try again.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metaflow_gcp.config import Names
+from metaflow_gcp.errors import ConcurrentChange, InvalidArgument, StackError
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.graph import Outcome, StepRun
+
+NEW_ACCOUNT_GRACE = 90.0  # a new service account can take about a minute to be usable
+
+
+@dataclass(frozen=True)
+class Condition:
+    title: str
+    expression: str
+    description: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        found = {"title": self.title, "expression": self.expression}
+        if self.description:
+            found["description"] = self.description
+        return found
+
+
+@dataclass(frozen=True)
+class Binding:
+    role: str
+    member: str
+    condition: Condition | None = None
+
+
+def accounts(n: Names) -> dict[str, str]:
+    """Account id -> display name, for the two accounts the stack owns."""
+    return {
+        n.workload_sa_id: f"Metaflow workloads ({n.stack})",
+        n.node_sa_id: f"GKE nodes of Metaflow ({n.stack})",
+    }
+
+
+def project_bindings(n: Names) -> list[Binding]:
+    """Least privilege: data in one bucket, SQL connect to this stack's instances, node basics."""
+    workload = f"serviceAccount:{n.workload_sa}"
+    return [
+        Binding(
+            "roles/storage.objectAdmin",
+            workload,
+            Condition(
+                f"metaflow-{n.stack}-datastore-only",
+                f'resource.name.startsWith("projects/_/buckets/{n.data_bucket}")',
+                "Metaflow may read and write objects in its own datastore bucket only",
+            ),
+        ),
+        Binding(
+            "roles/cloudsql.client",
+            workload,
+            Condition(
+                f"metaflow-{n.stack}-sql-only",
+                'resource.service == "sqladmin.googleapis.com" && resource.name.startsWith('
+                f'"projects/{n.project}/instances/{n.sql_prefix}")',
+                "the Cloud SQL proxy may connect to this stack's instances only",
+            ),
+        ),
+        Binding("roles/container.defaultNodeServiceAccount", f"serviceAccount:{n.node_sa}"),
+    ]
+
+
+# -- service accounts -------------------------------------------------------------------
+
+
+def existing_accounts(gcloud: Gcloud) -> set[str]:
+    found = gcloud.read("iam", "service-accounts", "list", dry=[]) or []
+    return {str(a["email"]) for a in found}
+
+
+def ensure_accounts(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    have = existing_accounts(gcloud)
+    todo = {
+        i: d
+        for i, d in accounts(n).items()
+        if f"{i}@{n.project}.iam.gserviceaccount.com" not in have
+    }
+    if not todo:
+        return Outcome.KEPT
+    run.before_change(f"create service accounts {', '.join(todo)}")
+    for account_id, display in todo.items():
+        gcloud.mutate("iam", "service-accounts", "create", account_id, f"--display-name={display}")
+    return Outcome.CREATED
+
+
+# -- policy edits -----------------------------------------------------------------------
+
+
+def _condition_key(c: dict[str, Any] | None) -> tuple[str, str] | None:
+    return (c.get("title", ""), c.get("expression", "")) if c else None
+
+
+def missing_bindings(policy: dict[str, Any], wanted: list[Binding]) -> list[Binding]:
+    present = {
+        (b["role"], member, _condition_key(b.get("condition")))
+        for b in policy.get("bindings", [])
+        for member in b.get("members", [])
+    }
+    return [
+        w
+        for w in wanted
+        if (w.role, w.member, _condition_key(w.condition.as_json() if w.condition else None))
+        not in present
+    ]
+
+
+def with_bindings(policy: dict[str, Any], add: list[Binding]) -> dict[str, Any]:
+    """A copy of `policy` with `add` merged in; version 3 because conditions need it."""
+    result: dict[str, Any] = json.loads(json.dumps(policy))
+    bindings: list[dict[str, Any]] = result.setdefault("bindings", [])
+    for new in add:
+        condition = new.condition.as_json() if new.condition else None
+        for existing in bindings:
+            if existing["role"] == new.role and _condition_key(
+                existing.get("condition")
+            ) == _condition_key(condition):
+                if new.member not in existing.setdefault("members", []):
+                    existing["members"].append(new.member)
+                break
+        else:
+            entry: dict[str, Any] = {"role": new.role, "members": [new.member]}
+            if condition:
+                entry["condition"] = condition
+            bindings.append(entry)
+    result["version"] = 3
+    return result
+
+
+def without_members(policy: dict[str, Any], members: set[str]) -> dict[str, Any]:
+    """A copy of `policy` with every binding of `members` removed (teardown)."""
+    result: dict[str, Any] = json.loads(json.dumps(policy))
+    kept = []
+    for binding in result.get("bindings", []):
+        binding["members"] = [m for m in binding.get("members", []) if m not in members]
+        if binding["members"]:
+            kept.append(binding)
+    result["bindings"] = kept
+    result["version"] = 3
+    return result
+
+
+def set_policy(gcloud: Gcloud, target: list[str], policy: dict[str, Any]) -> None:
+    """`gcloud ... set-iam-policy TARGET FILE` from a temp file (policies hold no secrets)."""
+    if gcloud.dry_run:  # show the command's shape, not a temp path that won't exist
+        gcloud.mutate(*target[:-1], "set-iam-policy", target[-1], "POLICY.json")
+        return
+    with tempfile.TemporaryDirectory(prefix="mf-iam-") as tmp:
+        path = Path(tmp) / "policy.json"
+        path.write_text(json.dumps(policy), encoding="utf-8")
+        gcloud.mutate(*target[:-1], "set-iam-policy", target[-1], str(path))
+
+
+def edit_policy(
+    gcloud: Gcloud,
+    get: list[str],
+    target: list[str],
+    wanted: list[Binding],
+    run: StepRun,
+    *,
+    what: str,
+) -> Outcome:
+    """Add `wanted` to a resource's IAM policy: read, merge, write with etag; retry the races."""
+    deadline = time.monotonic() + NEW_ACCOUNT_GRACE
+    attempt = 0
+    while True:
+        policy = gcloud.read(*get, dry={}) or {}
+        add = missing_bindings(policy, wanted)
+        if not add:
+            return Outcome.KEPT if attempt == 0 else Outcome.UPDATED
+        run.before_change(f"grant {', '.join(sorted({b.role for b in add}))} ({what})")
+        try:
+            set_policy(gcloud, target, with_bindings(policy, add))
+            if gcloud.dry_run:
+                return Outcome.UPDATED
+            attempt += 1
+        except ConcurrentChange:
+            attempt += 1
+            run.note("the policy changed under us; re-reading")
+        except InvalidArgument as error:
+            # A brand-new service account is not visible everywhere at once.
+            if "does not exist" not in error.stderr or time.monotonic() > deadline:
+                raise
+            attempt += 1
+            run.note("waiting for new service accounts to become usable")
+            run.sleep(5)
+        if attempt > 8:
+            raise StackError(f"could not update the IAM policy ({what}) after {attempt} tries")
+
+
+def ensure_project_bindings(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    return edit_policy(
+        gcloud,
+        ["projects", "get-iam-policy", n.project],
+        ["projects", n.project],
+        project_bindings(n),
+        run,
+        what=f"project {n.project}",
+    )
+
+
+def workload_identity_bindings(n: Names, ksas: list[tuple[str, str]]) -> list[Binding]:
+    """Let these Kubernetes service accounts (namespace, name) act as the workload account."""
+    return [
+        Binding("roles/iam.workloadIdentityUser", f"serviceAccount:{n.workload_pool}[{ns}/{ksa}]")
+        for ns, ksa in ksas
+    ]
+
+
+def ensure_workload_identity(
+    gcloud: Gcloud, n: Names, ksas: list[tuple[str, str]], run: StepRun
+) -> Outcome:
+    return edit_policy(
+        gcloud,
+        ["iam", "service-accounts", "get-iam-policy", n.workload_sa],
+        ["iam", "service-accounts", n.workload_sa],
+        workload_identity_bindings(n, ksas),
+        run,
+        what=f"Workload Identity on {n.workload_sa_id}",
+    )

@@ -1,0 +1,58 @@
+"""Follow long-running operations ourselves instead of sleeping or blocking in gcloud.
+
+A blocking `gcloud sql instances create` gives up after 600 s while the instance
+keeps creating, and gcloud's own backoff reaches 20 s between polls. We poll fast
+while an operation is young and slow down as it ages, so a finished operation is
+noticed within seconds without burning a gcloud process every second for 20 minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from metaflow_gcp.errors import StackError
+from metaflow_gcp.graph import StepRun
+
+# (age in seconds, poll interval): poll every 2 s for the first minute, then back off.
+SCHEDULE: tuple[tuple[float, float], ...] = ((60, 2.0), (300, 5.0), (float("inf"), 10.0))
+
+
+def interval(age: float) -> float:
+    for limit, every in SCHEDULE:
+        if age < limit:
+            return every
+    return SCHEDULE[-1][1]
+
+
+class OperationFailed(StackError):
+    pass
+
+
+def follow(
+    run: StepRun,
+    what: str,
+    poll: Callable[[], tuple[bool, str]],
+    *,
+    timeout: float,
+    first_wait: float = 0.0,
+) -> None:
+    """Call `poll` until it reports done; `poll` returns (done, status text) or raises.
+
+    first_wait: how long the operation usually takes at least, so we don't poll uselessly.
+    """
+    started = time.monotonic()
+    if first_wait:
+        run.sleep(first_wait)
+    while True:
+        done, status = poll()
+        age = time.monotonic() - started
+        if done:
+            return
+        if age > timeout:
+            raise OperationFailed(
+                f"{what} still not finished after {timeout / 60:.0f} min (last status {status}); "
+                "it continues in Google Cloud: re-run later to pick it up"
+            )
+        run.note(f"{what}: {status.lower()} ({age:.0f}s)")
+        run.sleep(interval(age))

@@ -1,0 +1,52 @@
+"""The database password: made here, kept only in Secret Manager, handed on via stdin."""
+
+from __future__ import annotations
+
+import secrets as random_source
+
+from metaflow_gcp.config import Names
+from metaflow_gcp.errors import NotFound
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.graph import Outcome, StepRun
+
+PASSWORD_BYTES = 24
+
+
+def new_password() -> str:
+    return random_source.token_urlsafe(PASSWORD_BYTES)
+
+
+def ensure(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    if gcloud.describe("secrets", "describe", n.db_secret) is not None:
+        return Outcome.KEPT
+    run.before_change(f"create secret {n.db_secret}")
+    password = new_password()
+    gcloud.runner.add_secret(password)
+    gcloud.mutate(
+        "secrets",
+        "create",
+        n.db_secret,
+        "--replication-policy=automatic",
+        "--data-file=-",
+        f"--labels=stack={n.stack},managed-by=metaflow-gcp",
+        stdin=password,
+        fmt=None,
+    )
+    return Outcome.CREATED
+
+
+def read_password(gcloud: Gcloud, n: Names) -> str:
+    """The password, registered for redaction. A secret left without a version gets one."""
+    if gcloud.dry_run:
+        gcloud.secret_read("secrets", "versions", "access", "latest", f"--secret={n.db_secret}")
+        return ""
+    try:
+        return gcloud.secret_read(
+            "secrets", "versions", "access", "latest", f"--secret={n.db_secret}"
+        )
+    except NotFound:
+        # `secrets create --data-file` is two API calls; a crash between them leaves no version.
+        password = new_password()
+        gcloud.runner.add_secret(password)
+        gcloud.mutate("secrets", "versions", "add", n.db_secret, "--data-file=-", stdin=password)
+        return password

@@ -1,0 +1,199 @@
+"""Cloud SQL for PostgreSQL: private IP only, backups on, named by the generation counter.
+
+Cloud SQL runs one operation per instance at a time, so the database and the user
+are made one after the other, and "another operation is in progress" (a backup
+starting right after creation, say) is waited out rather than reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from metaflow_gcp.config import Names, Settings
+from metaflow_gcp.errors import AlreadyExists, OperationInProgress, StackError
+from metaflow_gcp.gcp import secrets
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.gcp.operations import OperationFailed, follow
+from metaflow_gcp.graph import Outcome, StepRun
+
+CREATE_TIMEOUT = 45 * 60.0
+BUSY_TIMEOUT = 15 * 60.0
+T = TypeVar("T")
+
+
+def create_flags(s: Settings, n: Names) -> list[str]:
+    return [
+        f"--database-version={s.db_version}",
+        # Some projects default to Enterprise Plus, which refuses small custom tiers.
+        "--edition=enterprise",
+        f"--tier={s.db_tier}",
+        f"--region={n.region}",
+        f"--network={n.network_path}",
+        "--no-assign-ip",
+        f"--allocated-ip-range-name={n.psa_range}",
+        "--backup-start-time=03:00",
+        "--storage-auto-increase",
+        f"--labels=stack={n.stack},managed-by=metaflow-gcp",
+    ]
+
+
+def describe(gcloud: Gcloud, name: str) -> dict[str, Any] | None:
+    return gcloud.describe("sql", "instances", "describe", name)
+
+
+def drift(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
+    """What an existing instance has that our settings say it should not."""
+    problems = []
+    ip = found.get("settings", {}).get("ipConfiguration", {})
+    if ip.get("ipv4Enabled"):
+        problems.append("has a public IP")
+    if ip.get("privateNetwork", "").rsplit("networks/", 1)[-1] != n.network:
+        problems.append(f"is not on network {n.network}")
+    if not found.get("settings", {}).get("backupConfiguration", {}).get("enabled"):
+        problems.append("has automated backups off")
+    if found.get("databaseVersion") != s.db_version:
+        problems.append(f"runs {found.get('databaseVersion')}, settings say {s.db_version}")
+    return problems
+
+
+def wait_operation(gcloud: Gcloud, run: StepRun, operation: str, what: str) -> None:
+    def poll() -> tuple[bool, str]:
+        op = gcloud.read("sql", "operations", "describe", operation, dry={"status": "DONE"})
+        if op.get("status") != "DONE":
+            return False, str(op.get("status", "RUNNING"))
+        errors = op.get("error", {}).get("errors", [])
+        if errors:
+            raise OperationFailed(f"{what} failed: {errors[0].get('message', errors[0])}")
+        return True, "DONE"
+
+    follow(run, what, poll, timeout=CREATE_TIMEOUT)
+
+
+def pending_operations(gcloud: Gcloud, instance: str) -> list[str]:
+    ops = gcloud.read("sql", "operations", "list", f"--instance={instance}", dry=[]) or []
+    return [str(op["name"]) for op in ops if op.get("status") != "DONE"]
+
+
+def ensure_instance(
+    gcloud: Gcloud,
+    s: Settings,
+    n: Names,
+    run: StepRun,
+    *,
+    generation: Callable[[], int],
+    bump: Callable[[], int],
+) -> Outcome:
+    """Create the instance named after the current generation; on a reserved name, move on.
+
+    generation/bump read and advance the counter in the state file.
+    """
+    name = n.sql_instance(generation())
+    while True:
+        found = describe(gcloud, name)
+        if found is not None:
+            return _existing(gcloud, s, n, run, name, found)
+        run.before_change(f"create Cloud SQL instance {name} ({s.db_version}, {s.db_tier})")
+        run.note(f"creating {name}")
+        try:
+            result = gcloud.mutate(
+                "sql", "instances", "create", name, *create_flags(s, n), "--async"
+            )
+        except AlreadyExists:
+            # The name is held by an instance deleted recently (or one we cannot see).
+            new_name = n.sql_instance(bump())
+            run.note(f"{name} is reserved by a deleted instance; using {new_name}")
+            name = new_name
+            continue
+        if gcloud.dry_run:
+            return Outcome.CREATED
+        wait_operation(gcloud, run, str(result.json()["name"]), f"creating {name}")
+        return Outcome.CREATED
+
+
+def _existing(
+    gcloud: Gcloud, s: Settings, n: Names, run: StepRun, name: str, found: dict[str, Any]
+) -> Outcome:
+    state = found.get("state")
+    if state == "PENDING_CREATE":
+        # A previous run started it: follow its operation instead of starting another.
+        for operation in pending_operations(gcloud, name):
+            wait_operation(gcloud, run, operation, f"creating {name} (resumed)")
+        return Outcome.CREATED
+    if state not in ("RUNNABLE", "MAINTENANCE"):
+        raise StackError(
+            f"Cloud SQL instance {name} is {state}. Fix: check it in the Cloud Console; "
+            "if it is broken, delete it and re-run (a new generation is used)"
+        )
+    problems = drift(found, s, n)
+    if problems:
+        run.note(f"{name} {'; '.join(problems)} (not changed automatically)")
+    return Outcome.KEPT
+
+
+def _retry_busy(run: StepRun, call: Callable[[], T]) -> T:
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return call()
+        except OperationInProgress:
+            if time.monotonic() > deadline:
+                raise
+            run.note("the instance is busy with another operation; waiting")
+            run.sleep(5)
+
+
+def ensure_database(gcloud: Gcloud, n: Names, instance: str, run: StepRun) -> Outcome:
+    found = gcloud.read("sql", "databases", "list", f"--instance={instance}", dry=[]) or []
+    if any(d.get("name") == n.database for d in found):
+        return Outcome.KEPT
+    run.before_change(f"create database {n.database} on {instance}")
+    _retry_busy(
+        run,
+        lambda: gcloud.mutate(
+            "sql", "databases", "create", n.database, f"--instance={instance}", timeout=900
+        ),
+    )
+    return Outcome.CREATED
+
+
+def ensure_user(
+    gcloud: Gcloud, n: Names, instance: str, run: StepRun, *, password_known_set: bool
+) -> Outcome:
+    """The `metaflow` user, whose password only ever travels on stdin.
+
+    `gcloud sql users create` takes a password only as an argument (visible to every
+    local user), so the user is created without one and the password set through
+    `set-password --prompt-for-password`, fed on stdin from a process with no terminal.
+    password_known_set: the state file says a past run finished setting it.
+    """
+    found = gcloud.read("sql", "users", "list", f"--instance={instance}", dry=[]) or []
+    exists = any(u.get("name") == n.db_user for u in found)
+    if exists and password_known_set:
+        return Outcome.KEPT
+    run.before_change(f"create database user {n.db_user} on {instance}")
+    if not exists:
+        _retry_busy(
+            run,
+            lambda: gcloud.mutate(
+                "sql", "users", "create", n.db_user, f"--instance={instance}", timeout=900
+            ),
+        )
+    password = secrets.read_password(gcloud, n)
+    _retry_busy(
+        run,
+        lambda: gcloud.mutate(
+            "sql",
+            "users",
+            "set-password",
+            n.db_user,
+            f"--instance={instance}",
+            "--prompt-for-password",
+            stdin=password + "\n",
+            detach_tty=True,
+            timeout=900,
+            fmt=None,
+        ),
+    )
+    return Outcome.CREATED if not exists else Outcome.UPDATED

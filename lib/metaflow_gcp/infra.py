@@ -1,0 +1,397 @@
+"""`inv infra.up` and `inv infra.plan`: the Google Cloud side as a graph of steps.
+
+Chains (the run lasts as long as the longest):
+    apis -> network -> psa range -> peering -> SQL instance -> database -> user
+    apis -> network -> subnet -> GKE cluster -> credentials
+    apis -> service accounts -> project IAM -> GKE cluster
+    apis -> bucket;  apis -> secret -> user
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from metaflow_gcp.app import Stack
+from metaflow_gcp.errors import StackError
+from metaflow_gcp.gcp import apis, gke, iam, network, secrets, sql, storage
+from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
+from metaflow_gcp.state import Doc, db_generation, now
+
+# Settings that shape the Google Cloud side; services-only switches are left out.
+_INFRA_KEYS = (
+    "org_prefix",
+    "project",
+    "region",
+    "zone",
+    "stack",
+    "data_bucket",
+    "db_version",
+    "db_tier",
+    "node_machine_type",
+    "min_nodes",
+    "max_nodes",
+    "subnet_range",
+)
+
+
+class InfraRun:
+    """The shared, thread-safe bits the steps of one run need: the generation and state."""
+
+    def __init__(self, stack: Stack, doc: Doc) -> None:
+        self.stack = stack
+        self.doc = doc
+        self._lock = threading.Lock()
+
+    def generation(self) -> int:
+        with self._lock:
+            return db_generation(self.doc, self.stack.settings.db_generation_number)
+
+    def instance(self) -> str:
+        return self.stack.names.sql_instance(self.generation())
+
+    def bump(self) -> int:
+        """Advance the counter in the state file right away: the next run must not reuse it."""
+        new = self.stack.state.bump_db_generation(self.stack.settings.db_generation_number)
+        with self._lock:
+            self.doc["db_generation"] = new
+        self.stack.console.print(
+            f"[yellow]![/] Cloud SQL refused the name {self.stack.names.sql_instance(new - 1)} "
+            f"(a deleted instance still reserves it); the DB generation is now {new}."
+        )
+        return new
+
+    def user_ready(self) -> bool:
+        return bool(self.doc.get("infra", {}).get("sql_user_ready") == self.instance())
+
+
+def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
+    g, s, n = stack.gcloud, stack.settings, stack.names
+
+    def step(
+        name: str, title: str, needs: tuple[str, ...], action: Callable[[StepRun], Outcome]
+    ) -> Step:
+        return Step(name, title, action, needs)
+
+    return [
+        step("apis", "APIs", (), lambda r: apis.ensure(g, r)),
+        step(
+            "network", f"network {n.network}", ("apis",), lambda r: network.ensure_network(g, n, r)
+        ),
+        step(
+            "subnet",
+            f"subnet {n.subnet}",
+            ("network",),
+            lambda r: network.ensure_subnet(g, s, n, r),
+        ),
+        step(
+            "psa_range",
+            f"range {n.psa_range}",
+            ("network",),
+            lambda r: network.ensure_psa_range(g, n, r),
+        ),
+        step(
+            "peering",
+            "private services access",
+            ("psa_range",),
+            lambda r: network.ensure_peering(g, n, r),
+        ),
+        step(
+            "bucket", f"bucket gs://{n.data_bucket}", ("apis",), lambda r: storage.ensure(g, n, r)
+        ),
+        step("accounts", "service accounts", ("apis",), lambda r: iam.ensure_accounts(g, n, r)),
+        step(
+            "project_iam",
+            "IAM roles",
+            ("accounts",),
+            lambda r: iam.ensure_project_bindings(g, n, r),
+        ),
+        step("secret", f"secret {n.db_secret}", ("apis",), lambda r: secrets.ensure(g, n, r)),
+        step(
+            "sql_instance",
+            "Cloud SQL instance",
+            ("peering",),
+            lambda r: sql.ensure_instance(g, s, n, r, generation=run.generation, bump=run.bump),
+        ),
+        step(
+            "sql_database",
+            f"database {n.database}",
+            ("sql_instance",),
+            lambda r: sql.ensure_database(g, n, run.instance(), r),
+        ),
+        step(
+            "sql_user",
+            f"database user {n.db_user}",
+            ("sql_database", "secret"),
+            lambda r: sql.ensure_user(g, n, run.instance(), r, password_known_set=run.user_ready()),
+        ),
+        step(
+            "gke",
+            f"GKE cluster {n.cluster}",
+            ("subnet", "project_iam"),
+            lambda r: gke.ensure_cluster(g, s, n, r),
+        ),
+        step(
+            "credentials",
+            "kubectl credentials",
+            ("gke",),
+            lambda r: gke.ensure_credentials(g, n, r),
+        ),
+    ]
+
+
+def fingerprint(stack: Stack, generation: int) -> str:
+    settings = asdict(stack.settings)
+    relevant = {k: settings[k] for k in _INFRA_KEYS}
+    relevant["zone"] = stack.settings.resolved_zone
+    relevant["db_generation"] = generation
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# The no-op fast path: a finished stack is confirmed by a few witnesses read at once.
+
+
+def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
+    """Read the state and the witness resources concurrently; True if nothing needs doing.
+
+    The witnesses imply the rest: a RUNNABLE private-IP instance on our network implies the
+    network, range and peering; a RUNNING cluster with our pool implies the subnet; the project
+    policy shows every binding (and a deleted account as `deleted:`); the bucket is checked
+    itself. Anything unexpected sends the run down the full path, which describes everything.
+    """
+    g, s, n = stack.gcloud, stack.settings, stack.names
+
+    def sql_instances() -> list[dict[str, Any]]:
+        found = g.read("sql", "instances", "list", f"--filter=name:{n.sql_prefix}*", dry=[])
+        return list(found or [])
+
+    def policy() -> dict[str, Any]:
+        return dict(g.read("projects", "get-iam-policy", n.project, dry={}) or {})
+
+    with ThreadPoolExecutor(5) as pool:
+        doc_f = pool.submit(stack.state.peek)
+        sql_f = pool.submit(sql_instances)
+        gke_f = pool.submit(gke.describe, g, n)
+        iam_f = pool.submit(policy)
+        bucket_f = pool.submit(storage.describe, g, n)
+        try:
+            doc = doc_f.result()
+            instances, cluster, project_policy, bucket = (
+                sql_f.result(),
+                gke_f.result(),
+                iam_f.result(),
+                bucket_f.result(),
+            )
+        except StackError:
+            return None, False
+    if doc is None:
+        return None, False
+    generation = db_generation(doc, s.db_generation_number)
+    infra = doc.get("infra") or {}
+    instance = next((i for i in instances if i.get("name") == n.sql_instance(generation)), None)
+    ok = (
+        infra.get("converged") == fingerprint(stack, generation)
+        and infra.get("sql_user_ready") == n.sql_instance(generation)
+        and instance is not None
+        and instance.get("state") == "RUNNABLE"
+        and not sql.drift(instance, s, n)
+        and cluster is not None
+        and cluster.get("status") == "RUNNING"
+        and not gke.drift(cluster, n)
+        and not iam.missing_bindings(project_policy, iam.project_bindings(n))
+        and bucket is not None
+        and not storage.drift(bucket)
+        and gke.has_context(n.kube_context, _kubeconfig(stack))
+    )
+    return doc, ok
+
+
+def _kubeconfig(stack: Stack) -> Any:
+    from pathlib import Path
+
+    return Path(stack.runner.env["KUBECONFIG"]) if "KUBECONFIG" in stack.runner.env else None
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks
+
+
+def plan(stack: Stack) -> Report:
+    """Read-only: describe everything and say what up would create, keep, or finds different."""
+    doc = stack.state.peek() or {}
+    run = InfraRun(stack, doc)
+    report = run_steps(
+        build_steps(stack, run), console=stack.console, title="Plan (read-only)", plan=True
+    )
+    report.raise_for_failure()
+    print_plan(stack, report)
+    return report
+
+
+def print_plan(stack: Stack, report: Report) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Plan for stack '{stack.names.stack}' in {stack.names.project}", title_justify="left"
+    )
+    table.add_column("resource")
+    table.add_column("plan")
+    for state in report.states.values():
+        if state.outcome is Outcome.PLANNED:
+            table.add_row(state.step.title, f"[green]+[/] {state.note}")
+        else:
+            note = f" ({state.note})" if state.note else ""
+            table.add_row(state.step.title, f"[dim]keep{note}[/]")
+    stack.console.print(table)
+    changes = sum(1 for s in report.states.values() if s.outcome is Outcome.PLANNED)
+    stack.console.print(
+        f"{changes} to create or change, {len(report.states) - changes} to keep."
+        if changes
+        else "Nothing to create: the Google Cloud side matches the settings."
+    )
+
+
+def up(stack: Stack, *, force_unlock: bool = False, refresh: bool = False) -> Report | None:
+    """Create what is missing, concurrently, under the stack lock; resume after any failure."""
+    console = stack.console
+    if not stack.dry_run and not stack.assume_yes and not stack.interactive():
+        raise StackError(
+            "infra.up creates billable resources and needs a confirmation. Fix: run it on a "
+            "terminal, or pass --yes"
+        )
+    if stack.dry_run:
+        console.print(
+            f"[bold]Dry run[/]: the commands infra.up would run for stack "
+            f"'{stack.names.stack}' (nothing is called):"
+        )
+        report = _apply(stack, None, force_unlock=force_unlock)
+        mutating = sum(1 for r in stack.runner.history if r.mutating)
+        reads = len(stack.runner.history) - mutating
+        console.print(f"{mutating} changing commands and {reads} reads would run.")
+        return report
+
+    doc, done = (None, False) if refresh else quick_check(stack)
+    if done:
+        console.print(
+            f"[green]✔[/] Stack '{stack.names.stack}' is up; nothing to do. "
+            "Next: [bold]inv services.up[/]"
+        )
+        return None
+    if stack.interactive() and not stack.assume_yes:
+        report = plan(stack)
+        if not any(s.outcome is Outcome.PLANNED for s in report.states.values()):
+            pass  # only state bookkeeping is left; go on without asking
+        elif not _confirm(stack, "Create these resources?"):
+            raise StackError("nothing was changed (not confirmed)")
+    return _apply(stack, doc, force_unlock=force_unlock)
+
+
+def _confirm(stack: Stack, question: str) -> bool:
+    from rich.prompt import Confirm
+
+    return bool(Confirm.ask(question, console=stack.console, default=False))
+
+
+def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool) -> Report:
+    state, console = stack.state, stack.console
+    run = InfraRun(stack, dict(doc or {}))
+    held = threading.Event()
+
+    def take_lock() -> None:
+        if doc is None:
+            state.ensure_bucket()
+        broken = state.acquire("infra.up", force=force_unlock)
+        if broken:
+            console.print(
+                f"[yellow]![/] broke the lock of {broken.get('holder')} "
+                f"({broken.get('task')}, since {broken.get('since')})"
+            )
+        assert state.last is not None
+        with run._lock:
+            run.doc = dict(state.last.data)
+        held.set()
+
+    report: Report | None = None
+    try:
+        if stack.dry_run:  # in order, so the printed commands read top to bottom
+            take_lock()
+        report = run_steps(
+            build_steps(stack, run),
+            console=console,
+            title=f"infra.up: stack '{stack.names.stack}'",
+            gate=None if stack.dry_run else take_lock,
+            dry_run=stack.dry_run,
+        )
+    finally:
+        if held.is_set():
+            _save(stack, run, report)
+    if stack.dry_run:
+        report.raise_for_failure()
+    else:
+        _summarise(stack, report)
+    return report
+
+
+def _save(stack: Stack, run: InfraRun, report: Report | None) -> None:
+    """Record the outcome and release the lock in one write, also after a failure or Ctrl-C."""
+    outcomes = report.outcomes() if report else {}
+    generation = run.generation()
+
+    def record(doc: Doc) -> None:
+        infra = doc.setdefault("infra", {})
+        doc["db_generation"] = max(int(doc.get("db_generation", 0)), generation)
+        if outcomes.get("sql_user") in (Outcome.CREATED, Outcome.UPDATED, Outcome.KEPT):
+            infra["sql_user_ready"] = run.instance()
+        if report is not None and report.ok:
+            infra["converged"] = fingerprint(stack, generation)
+            infra["converged_at"] = now()
+        else:
+            infra["converged"] = None
+        infra["last_run"] = {
+            "at": now(),
+            "ok": bool(report and report.ok),
+            "steps": {k: (v.value if v else None) for k, v in outcomes.items()},
+        }
+        if doc.get("lock") and doc["lock"].get("id") == stack.state.lock_id:
+            doc["lock"] = None
+
+    stack.state.update(record)
+
+
+def _summarise(stack: Stack, report: Report) -> None:
+    console = stack.console
+    if report.failed:
+        failed = report.failed[0]
+        error = failed.error
+        reason = error.one_line() if isinstance(error, StackError) else repr(error)
+        not_started = [
+            s.step.title
+            for s in report.states.values()
+            if s.outcome is None and s.status.value == "not started"
+        ]
+        console.print(f"[red]✘[/] {failed.step.title} failed: {reason}")
+        if not_started:
+            console.print(f"  not started: {', '.join(not_started)}")
+        raise StackError(
+            f"infra.up stopped at '{failed.step.title}'. Fix the cause above, then run "
+            "`inv infra.up` again: it keeps what exists and resumes"
+        ) from error
+    created = [
+        s.step.title
+        for s in report.states.values()
+        if s.outcome in (Outcome.CREATED, Outcome.UPDATED)
+    ]
+    console.print(
+        f"[green]✔[/] infra.up finished in {report.duration:.0f}s"
+        + (f": created {', '.join(created)}." if created else "; everything was already there.")
+    )
+    last = stack.state.last.data if stack.state.last else {}
+    generation = db_generation(last, stack.settings.db_generation_number)
+    console.print(f"  Cloud SQL instance: {stack.names.sql_connection_name(generation)}")
+    console.print("  Next: [bold]inv services.up[/]")

@@ -1,0 +1,552 @@
+"""Specification of charts/metaflow: what the Metaflow services look like on GKE."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import helm_python
+import pytest
+
+from tests.charts.conftest import (
+    METAFLOW_CHART,
+    Rendered,
+    Values,
+    all_containers,
+    container,
+    containers,
+    env_of,
+    is_custom_resource,
+    lint_chart,
+    merged,
+    pod_labels,
+    pod_spec,
+    render_chart,
+    schema_problem,
+)
+
+RELEASE = "metaflow"
+NAMESPACE = "metaflow"
+
+GSA = "mf-workloads@acme-ml.iam.gserviceaccount.com"
+CONNECTION_NAME = "acme-ml:europe-west4:psql-metaflow-3f9a1c2e"
+
+# What the task runner passes for a real stack (deliberately different from the defaults).
+STACK_VALUES: Values = {
+    "serviceAccount": {"name": "metaflow", "gcpServiceAccount": GSA},
+    "database": {
+        "instanceConnectionName": CONNECTION_NAME,
+        "name": "metaflow",
+        "user": "metaflow",
+        "passwordSecret": {"name": "metaflow-db-credentials", "key": "pg-password"},
+    },
+    "datastore": {"sysroot": "gs://acme-ml-metaflow/metaflow"},
+    "ui": {"backendUrl": "http://localhost:18083/api"},
+    "argoWorkflows": {"enabled": True},
+}
+WITHOUT_ARGO: Values = merged(STACK_VALUES, {"argoWorkflows": {"enabled": False}})
+
+SCENARIOS: dict[str, Values | None] = {
+    "defaults": None,
+    "stack": STACK_VALUES,
+    "stack-without-argo": WITHOUT_ARGO,
+}
+
+# (Deployment, Service, port, health path) for the three services.
+SERVICES = [
+    ("metadata-service", "metadata-service", 8080, "/ping"),
+    ("metaflow-ui-backend", "metaflow-ui-backend", 8083, "/api/ping"),
+    ("metaflow-ui", "metaflow-ui", 3000, "/"),
+]
+DATABASE_DEPLOYMENTS = ["metadata-service", "metaflow-ui-backend"]
+METADATA_IMAGE_REPO = "public.ecr.aws/outerbounds/metaflow_metadata_service"
+
+
+def render(values: Values | None) -> Rendered:
+    return render_chart(METAFLOW_CHART, values, release=RELEASE, namespace=NAMESPACE)
+
+
+def effective(values: Values | None) -> Values:
+    """The values a release would actually use (chart defaults + overrides)."""
+    with helm_python.Chart.load(METAFLOW_CHART) as chart:
+        result: Values = chart.merge_values(values or {})
+    return result
+
+
+@pytest.fixture(scope="module", params=list(SCENARIOS), ids=list(SCENARIOS))
+def scenario(request: pytest.FixtureRequest) -> tuple[Values, Rendered]:
+    values = SCENARIOS[request.param]
+    return effective(values), render(values)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Rendered:
+    return render(STACK_VALUES)
+
+
+def refused(values: Values) -> str:
+    """Render and expect Helm to refuse the values; returns the error text."""
+    with pytest.raises(helm_python.HelmError) as excinfo:
+        render(values)
+    return str(excinfo.value)
+
+
+# --- the chart as a whole -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_chart_lints_without_warnings(name: str) -> None:
+    assert lint_chart(METAFLOW_CHART, SCENARIOS[name], namespace=NAMESPACE) == []
+
+
+def test_every_manifest_is_valid_kubernetes(scenario: tuple[Values, Rendered]) -> None:
+    _, rendered = scenario
+    assert not any(is_custom_resource(m) for m in rendered.manifests)
+    problems = [p for m in rendered.manifests if (p := schema_problem(m))]
+    assert problems == []
+
+
+def test_renders_the_three_services_and_their_deployments(stack: Rendered) -> None:
+    names = {name for name, _, _, _ in SERVICES}
+    assert stack.names("Deployment") == names
+    assert stack.names("Service") == names
+
+
+def test_objects_are_namespaced_by_the_release_only(scenario: tuple[Values, Rendered]) -> None:
+    _, rendered = scenario
+    for manifest in rendered.manifests:
+        assert manifest["metadata"].get("namespace") in (None, NAMESPACE)
+
+
+def test_every_object_carries_the_standard_labels(scenario: tuple[Values, Rendered]) -> None:
+    _, rendered = scenario
+    for manifest in rendered.manifests:
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "metaflow"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/part-of"] == "metaflow"
+        assert labels["helm.sh/chart"].startswith("metaflow-")
+        if manifest["kind"] in ("Deployment", "Service"):
+            assert labels["app.kubernetes.io/component"]
+
+
+def test_no_object_uses_a_cluster_wide_kind(stack: Rendered) -> None:
+    assert not {m["kind"] for m in stack.manifests} & {"ClusterRole", "ClusterRoleBinding"}
+
+
+# --- services and their selectors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("deployment", "service", "port", "path"), SERVICES)
+def test_each_service_selects_only_its_own_pods(
+    stack: Rendered, deployment: str, service: str, port: int, path: str
+) -> None:
+    selector = stack.get("Service", service)["spec"]["selector"]
+    assert selector
+    for workload in stack.of_kind("Deployment"):
+        labels = pod_labels(workload)
+        selected = all(labels.get(k) == v for k, v in selector.items())
+        assert selected == (workload["metadata"]["name"] == deployment)
+
+
+def test_ui_service_selects_the_ui_pods(stack: Rendered) -> None:
+    """The old Terraform template's UI Service selected a label no pod had (no endpoints)."""
+    selector = stack.get("Service", "metaflow-ui")["spec"]["selector"]
+    labels = pod_labels(stack.get("Deployment", "metaflow-ui"))
+    assert selector.items() <= labels.items()
+
+
+def test_deployment_selectors_match_their_own_pod_template(stack: Rendered) -> None:
+    for workload in stack.of_kind("Deployment"):
+        match = workload["spec"]["selector"]["matchLabels"]
+        assert match.items() <= pod_labels(workload).items()
+
+
+@pytest.mark.parametrize(("deployment", "service", "port", "path"), SERVICES)
+def test_services_are_cluster_ip_and_reach_the_app_port(
+    stack: Rendered, deployment: str, service: str, port: int, path: str
+) -> None:
+    svc = stack.get("Service", service)["spec"]
+    assert svc["type"] == "ClusterIP"
+    assert [p["port"] for p in svc["ports"]] == [port]
+    app = pod_spec(stack.get("Deployment", deployment))["containers"][0]
+    named = {p["name"]: p["containerPort"] for p in app["ports"]}
+    assert named[svc["ports"][0]["targetPort"]] == port
+
+
+@pytest.mark.parametrize(("deployment", "service", "port", "path"), SERVICES)
+def test_app_containers_are_probed_on_their_health_endpoint(
+    stack: Rendered, deployment: str, service: str, port: int, path: str
+) -> None:
+    app = pod_spec(stack.get("Deployment", deployment))["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert app[probe]["httpGet"]["path"] == path
+        assert app[probe]["httpGet"]["port"] in ("http", port)
+
+
+# --- Cloud SQL Auth Proxy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployment", DATABASE_DEPLOYMENTS)
+def test_database_pods_start_the_proxy_first_as_a_native_sidecar(
+    stack: Rendered, deployment: str
+) -> None:
+    spec = pod_spec(stack.get("Deployment", deployment))
+    proxy = spec["initContainers"][0]
+    assert proxy["name"] == "cloud-sql-proxy"
+    assert proxy["restartPolicy"] == "Always"
+    assert proxy["image"].startswith("gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.")
+    assert all(c["name"] != "cloud-sql-proxy" for c in spec["containers"])
+
+
+@pytest.mark.parametrize("deployment", DATABASE_DEPLOYMENTS)
+def test_proxy_dials_the_private_ip_of_the_configured_instance(
+    stack: Rendered, deployment: str
+) -> None:
+    args = container(stack.get("Deployment", deployment), "cloud-sql-proxy")["args"]
+    assert "--private-ip" in args
+    assert "--port=5432" in args
+    assert args[-1] == CONNECTION_NAME
+    assert "--structured-logs" in args
+    assert "--exit-zero-on-sigterm" in args
+    # The listener itself stays on the default 127.0.0.1; only health checks are exposed.
+    assert not any(a.startswith(("--address", "-a")) for a in args)
+
+
+@pytest.mark.parametrize("deployment", DATABASE_DEPLOYMENTS)
+def test_proxy_health_checks_are_reachable_by_the_kubelet(stack: Rendered, deployment: str) -> None:
+    proxy = container(stack.get("Deployment", deployment), "cloud-sql-proxy")
+    assert "--health-check" in proxy["args"]
+    assert "--http-address=0.0.0.0" in proxy["args"]
+    port = next(a.split("=", 1)[1] for a in proxy["args"] if a.startswith("--http-port="))
+    ports = {p["name"]: str(p["containerPort"]) for p in proxy["ports"]}
+    assert proxy["startupProbe"]["httpGet"]["path"] == "/startup"
+    assert proxy["livenessProbe"]["httpGet"]["path"] == "/liveness"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert ports[proxy[probe]["httpGet"]["port"]] == port
+
+
+def test_only_database_pods_carry_the_proxy(stack: Rendered) -> None:
+    with_proxy = {
+        w["metadata"]["name"]
+        for w in stack.of_kind("Deployment")
+        if any(c["name"] == "cloud-sql-proxy" for c in containers(w))
+    }
+    assert with_proxy == set(DATABASE_DEPLOYMENTS)
+
+
+def test_instance_connection_name_only_appears_in_proxy_args(stack: Rendered) -> None:
+    for _, c in all_containers(stack):
+        mentions = CONNECTION_NAME in repr(c)
+        assert mentions == (c["name"] == "cloud-sql-proxy")
+
+
+def test_malformed_instance_connection_name_is_refused() -> None:
+    error = refused(merged(STACK_VALUES, {"database": {"instanceConnectionName": "psql-only"}}))
+    assert "instanceConnectionName" in error
+
+
+# --- migrations and database settings -------------------------------------------------------
+
+
+def test_migrations_run_as_an_init_container_after_the_proxy(stack: Rendered) -> None:
+    init = pod_spec(stack.get("Deployment", "metadata-service"))["initContainers"]
+    assert [c["name"] for c in init] == ["cloud-sql-proxy", "db-migrations"]
+    migrate = init[1]
+    assert "restartPolicy" not in migrate
+    assert migrate["command"][:2] == ["/opt/latest/bin/python3", "/root/run_goose.py"]
+    # Every pending migration is applied, so image upgrades also upgrade the schema.
+    assert "--only-if-empty-db" not in migrate["command"]
+
+
+def test_ui_backend_waits_for_the_migrated_metadata_service(stack: Rendered) -> None:
+    init = pod_spec(stack.get("Deployment", "metaflow-ui-backend"))["initContainers"]
+    assert [c["name"] for c in init] == ["cloud-sql-proxy", "wait-for-metadata-service"]
+    assert init[1]["command"][-1] == "http://metadata-service.metaflow.svc:8080/ping"
+
+
+def database_containers(rendered: Rendered) -> list[dict[str, Any]]:
+    return [
+        c
+        for name in DATABASE_DEPLOYMENTS
+        for c in containers(rendered.get("Deployment", name))
+        if "MF_METADATA_DB_HOST" in env_of(c)
+    ]
+
+
+def test_database_settings_point_at_the_local_proxy(scenario: tuple[Values, Rendered]) -> None:
+    values, rendered = scenario
+    found = database_containers(rendered)
+    assert {c["name"] for c in found} == {"db-migrations", "metadata-service", "ui-backend"}
+    for c in found:
+        env = env_of(c)
+        assert env["MF_METADATA_DB_HOST"]["value"] in ("127.0.0.1", "localhost")
+        assert env["MF_METADATA_DB_PORT"]["value"] == "5432"
+        assert env["MF_METADATA_DB_USER"]["value"] == values["database"]["user"]
+        assert env["MF_METADATA_DB_NAME"]["value"] == values["database"]["name"]
+
+
+def test_database_password_comes_from_the_configured_secret(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    for c in database_containers(rendered):
+        password = env_of(c)["MF_METADATA_DB_PSWD"]
+        assert "value" not in password
+        assert password["valueFrom"] == {"secretKeyRef": values["database"]["passwordSecret"]}
+
+
+# --- no secrets -------------------------------------------------------------------------------
+
+
+def test_chart_creates_no_secret(scenario: tuple[Values, Rendered]) -> None:
+    _, rendered = scenario
+    assert rendered.of_kind("Secret") == []
+
+
+CANARY = "canary-S3cr3t-7f3a9e"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"database": {"password": CANARY}},
+        {"database": {"passwordSecret": {"value": CANARY}}},
+        {"database": {"passwordSecret": {"password": CANARY}}},
+        {"password": CANARY},
+        {"env": {"MF_METADATA_DB_PSWD": CANARY}},
+        {"ui": {"password": CANARY}},
+    ],
+    ids=lambda v: ".".join(_first_path(v)),
+)
+def test_a_password_passed_as_a_value_is_refused(values: Values) -> None:
+    """There is no values key that could carry a password into a manifest."""
+    assert CANARY not in refused(merged(STACK_VALUES, values))
+
+
+def _first_path(values: Values) -> list[str]:
+    key = next(iter(values))
+    inner = values[key]
+    return [key, *(_first_path(inner) if isinstance(inner, dict) else [])]
+
+
+SECRETISH_ENV = re.compile(r"PSWD|PASSWORD|SECRET|TOKEN|_KEY$")
+
+
+def test_no_literal_secret_looking_env_values(stack: Rendered) -> None:
+    for workload, c in all_containers(stack):
+        for entry in c.get("env", []):
+            if SECRETISH_ENV.search(entry["name"]):
+                assert "value" not in entry, f"{workload}/{c['name']}: {entry['name']}"
+
+
+def test_rendered_output_contains_no_credentials(stack: Rendered) -> None:
+    text = stack.text
+    assert not re.search(r"postgres(ql)?://[^\s:/@]+:[^\s@]+@", text)
+    assert not re.search(r"(?i)password\s*[:=]\s*['\"]?[^\s'\"]", text)
+    assert "-----BEGIN" not in text
+
+
+# --- container hardening --------------------------------------------------------------------
+
+
+def runs_metadata_image(c: dict[str, Any]) -> bool:
+    return str(c["image"]).startswith(METADATA_IMAGE_REPO + ":")
+
+
+def test_every_container_drops_privileges(scenario: tuple[Values, Rendered]) -> None:
+    _, rendered = scenario
+    for workload, c in all_containers(rendered):
+        ctx = c["securityContext"]
+        where = f"{workload}/{c['name']}"
+        assert ctx["allowPrivilegeEscalation"] is False, where
+        assert ctx["capabilities"]["drop"] == ["ALL"], where
+        assert "add" not in ctx["capabilities"], where
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert ctx.get("privileged", False) is False, where
+
+
+def test_every_pod_uses_the_runtime_default_seccomp_profile(stack: Rendered) -> None:
+    for workload in stack.of_kind("Deployment"):
+        assert pod_spec(workload)["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_only_the_stock_metadata_service_image_runs_as_root(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    """That image keeps its code under /root (0700) and has no USER; everything else is
+    non-root. The root containers still have no capabilities and cannot escalate."""
+    _, rendered = scenario
+    for workload, c in all_containers(rendered):
+        ctx = c["securityContext"]
+        if ctx["runAsUser"] == 0:
+            assert runs_metadata_image(c), f"{workload}/{c['name']} runs as root"
+            assert ctx["runAsNonRoot"] is False
+        else:
+            assert ctx["runAsNonRoot"] is True, f"{workload}/{c['name']}"
+
+
+def test_a_rebuilt_non_root_metadata_image_makes_every_container_non_root() -> None:
+    rendered = render(merged(STACK_VALUES, {"images": {"metadataService": {"runAsUser": 1000}}}))
+    for workload, c in all_containers(rendered):
+        assert c["securityContext"]["runAsNonRoot"] is True, f"{workload}/{c['name']}"
+        assert c["securityContext"]["runAsUser"] != 0
+
+
+def test_proxy_and_ui_have_read_only_root_filesystems(stack: Rendered) -> None:
+    for workload, c in all_containers(stack):
+        if c["name"] in ("cloud-sql-proxy", "ui"):
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, workload
+
+
+def test_ui_gets_writable_scratch_space_for_nginx(stack: Rendered) -> None:
+    ui = stack.get("Deployment", "metaflow-ui")
+    mounts = {m["mountPath"] for m in container(ui, "ui")["volumeMounts"]}
+    assert {"/etc/nginx/conf.d", "/var/cache/nginx", "/run"} <= mounts
+    assert all("emptyDir" in v for v in pod_spec(ui)["volumes"])
+
+
+def test_every_container_requests_resources_and_caps_memory(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    _, rendered = scenario
+    for workload, c in all_containers(rendered):
+        resources = c["resources"]
+        assert {"cpu", "memory"} <= resources["requests"].keys(), f"{workload}/{c['name']}"
+        assert "memory" in resources["limits"], f"{workload}/{c['name']}"
+
+
+def test_pods_do_not_mount_a_kubernetes_api_token(stack: Rendered) -> None:
+    for workload in stack.of_kind("Deployment"):
+        assert pod_spec(workload)["automountServiceAccountToken"] is False
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def test_every_image_tag_is_pinned(scenario: tuple[Values, Rendered]) -> None:
+    _, rendered = scenario
+    for workload, c in all_containers(rendered):
+        repository, _, tag = str(c["image"]).rpartition(":")
+        assert repository and "/" in repository, f"{workload}/{c['name']}: {c['image']}"
+        assert tag and tag != "latest", f"{workload}/{c['name']}: {c['image']}"
+        assert c["imagePullPolicy"] != "Always"
+
+
+def test_metadata_service_and_ui_backend_run_the_same_image(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    image = "{repository}:{tag}".format(**values["images"]["metadataService"])
+    for name in DATABASE_DEPLOYMENTS:
+        for c in containers(rendered.get("Deployment", name)):
+            if c["name"] != "cloud-sql-proxy":
+                assert c["image"] == image
+
+
+@pytest.mark.parametrize("image", ["metadataService", "ui", "cloudSqlProxy"])
+@pytest.mark.parametrize("tag", ["latest", ""])
+def test_floating_or_missing_tags_are_refused(image: str, tag: str) -> None:
+    refused(merged(STACK_VALUES, {"images": {image: {"tag": tag}}}))
+
+
+# --- service account and Workload Identity ---------------------------------------------------
+
+
+def test_service_account_carries_the_workload_identity_annotation(stack: Rendered) -> None:
+    account = stack.get("ServiceAccount", "metaflow")
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": GSA}
+
+
+def test_service_account_has_no_annotation_without_a_google_account() -> None:
+    account = render(None).get("ServiceAccount", "metaflow")
+    assert "annotations" not in account["metadata"]
+    assert "gcpServiceAccount is empty" in render(None).notes
+
+
+def test_every_pod_runs_as_the_metaflow_service_account(stack: Rendered) -> None:
+    for workload in stack.of_kind("Deployment"):
+        assert pod_spec(workload)["serviceAccountName"] == "metaflow"
+
+
+def test_a_renamed_service_account_is_used_everywhere() -> None:
+    rendered = render(merged(STACK_VALUES, {"serviceAccount": {"name": "mf-jobs"}}))
+    assert rendered.names("ServiceAccount") == {"mf-jobs"}
+    for workload in rendered.of_kind("Deployment"):
+        assert pod_spec(workload)["serviceAccountName"] == "mf-jobs"
+    binding = rendered.get("RoleBinding", "metaflow-argo-workflows-executor")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mf-jobs", "namespace": NAMESPACE}
+    ]
+
+
+# --- UI wiring --------------------------------------------------------------------------------
+
+
+def test_ui_sends_the_browser_to_the_configured_backend_url(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    ui = container(rendered.get("Deployment", "metaflow-ui"), "ui")
+    assert env_of(ui)["METAFLOW_SERVICE"]["value"] == values["ui"]["backendUrl"]
+    assert ".svc" not in values["ui"]["backendUrl"]
+
+
+def test_ui_backend_reads_the_gcs_datastore_and_the_in_cluster_metadata_service(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    env = env_of(container(rendered.get("Deployment", "metaflow-ui-backend"), "ui-backend"))
+    expected = {
+        "PATH_PREFIX": "/api",
+        "UI_ENABLED": "1",
+        "METAFLOW_SERVICE_URL": "http://metadata-service.metaflow.svc:8080/",
+        "METAFLOW_DEFAULT_DATASTORE": "gs",
+        "METAFLOW_DATASTORE_SYSROOT_GS": values["datastore"]["sysroot"],
+        "METAFLOW_DEFAULT_METADATA": "service",
+    }
+    assert {k: env[k]["value"] for k in expected} == expected
+
+
+def test_notes_print_the_client_settings_for_this_install(stack: Rendered) -> None:
+    assert "METAFLOW_SERVICE_INTERNAL_URL=http://metadata-service.metaflow.svc:8080/" in (
+        stack.notes
+    )
+    assert "METAFLOW_KUBERNETES_SERVICE_ACCOUNT=metaflow" in stack.notes
+    assert "port-forward service/metaflow-ui 3000:3000" in stack.notes
+
+
+# --- Argo Workflows executor RBAC ------------------------------------------------------------
+
+
+def test_argo_executor_role_exists_only_when_argo_is_enabled(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    expected = {"metaflow-argo-workflows-executor"} if values["argoWorkflows"]["enabled"] else set()
+    assert rendered.names("Role") == expected
+    assert rendered.names("RoleBinding") == expected
+
+
+def test_argo_executor_role_lets_steps_report_their_results(stack: Rendered) -> None:
+    rules = stack.get("Role", "metaflow-argo-workflows-executor")["rules"]
+    granted = {
+        (resource, verb)
+        for rule in rules
+        if rule["apiGroups"] == ["argoproj.io"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert {
+        ("workflowtaskresults", "create"),
+        ("workflowtaskresults", "patch"),
+        ("workflowtasksets", "list"),
+        ("workflowtasksets", "watch"),
+        ("workflowtasksets/status", "patch"),
+    } <= granted
+    assert not any("*" in (resource + verb) for resource, verb in granted)
+    binding = stack.get("RoleBinding", "metaflow-argo-workflows-executor")
+    assert binding["roleRef"]["name"] == "metaflow-argo-workflows-executor"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "metaflow", "namespace": NAMESPACE}
+    ]
