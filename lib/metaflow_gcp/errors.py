@@ -193,7 +193,10 @@ _GCLOUD_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
         "",
     ),
     (
-        re.compile(r"QUOTA_EXCEEDED|RESOURCE_EXHAUSTED|[Qq]uota .*exceeded|rateLimitExceeded"),
+        re.compile(
+            r"QUOTA_EXCEEDED|RESOURCE_EXHAUSTED|[Qq]uota .*exceeded|rateLimitExceeded|"
+            r"[Ii]nsufficient .*quota"
+        ),
         QuotaExceeded,
         "raise the quota in the Cloud Console (IAM & Admin > Quotas) or use a smaller setting",
     ),

@@ -116,6 +116,7 @@ class Report:
     states: dict[str, StepState]
     duration: float
     interrupted: bool = False
+    gate_error: BaseException | None = None
 
     @property
     def failed(self) -> list[StepState]:
@@ -133,6 +134,8 @@ class Report:
         return {name: state.outcome for name, state in self.states.items()}
 
     def raise_for_failure(self) -> None:
+        if self.gate_error is not None:
+            raise self.gate_error
         if self.failed:
             first = self.failed[0]
             assert first.error is not None
@@ -186,9 +189,11 @@ class GraphRun:
         max_workers: int = 8,
         sequential: bool = False,
         plan: bool = False,
+        keep_going: bool = False,
     ) -> None:
         validate_graph(steps)
         self.plan = plan
+        self.keep_going = keep_going
         self.steps = list(steps)
         self.states = {s.name: StepState(s) for s in self.steps}
         self.view = view
@@ -208,6 +213,8 @@ class GraphRun:
                 self._gate()
         except BaseException as error:  # noqa: BLE001 - handed to every step that waits
             self._gate_error = error
+            self.stop.set()  # no lock, no changes: start nothing new, stop waiting
+            self.interrupt.set()
         finally:
             self._gate_done.set()
 
@@ -266,7 +273,7 @@ class GraphRun:
                     state.status = Status.NOT_STARTED
             if self.view:
                 self.view.stop()
-        return Report(self.states, time.monotonic() - started, interrupted)
+        return Report(self.states, time.monotonic() - started, interrupted, self._gate_error)
 
     def _ready(self, running: dict[Future[Outcome], str]) -> list[Step]:
         in_flight = set(running.values())
@@ -302,7 +309,8 @@ class GraphRun:
                 state.status = Status.FAILED
                 state.error = error
                 state.finished = time.monotonic()
-            self.stop.set()
+            if not self.keep_going:
+                self.stop.set()
             if self.view:
                 reason = error.one_line() if isinstance(error, StackError) else repr(error)
                 self.view.event(state, f"failed: {reason}")
@@ -425,11 +433,18 @@ def run_steps(
     gate: Callable[[], None] | None = None,
     dry_run: bool = False,
     plan: bool = False,
+    keep_going: bool = False,
     max_workers: int = 8,
 ) -> Report:
-    """Run the graph; a dry run goes one step at a time so the printed commands read in order."""
+    """Run the graph; a dry run goes one step at a time so the printed commands read in order.
+
+    keep_going: a failure stops only the steps that need the failed one (independent Helm
+    releases still finish); by default nothing new starts after a failure.
+    """
     if dry_run:
         ordered = topological(steps)
         return GraphRun(ordered, view=None, gate=gate, sequential=True).run()
     view = make_view(console, title)
-    return GraphRun(steps, view=view, gate=gate, max_workers=max_workers, plan=plan).run()
+    return GraphRun(
+        steps, view=view, gate=gate, max_workers=max_workers, plan=plan, keep_going=keep_going
+    ).run()

@@ -190,11 +190,16 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
             )
         except StackError:
             return None, False
+    generation = db_generation(doc or {}, s.db_generation_number)
+    instance = next((i for i in instances if i.get("name") == n.sql_instance(generation)), None)
+    # If there is work to do, the steps reuse these answers instead of asking again.
+    g.prime(instance, "sql", "instances", "describe", n.sql_instance(generation))
+    g.prime(cluster, "container", "clusters", "describe", n.cluster, f"--location={n.zone}")
+    g.prime(project_policy, "projects", "get-iam-policy", n.project)
+    g.prime(bucket, "storage", "buckets", "describe", f"gs://{n.data_bucket}")
     if doc is None:
         return None, False
-    generation = db_generation(doc, s.db_generation_number)
     infra = doc.get("infra") or {}
-    instance = next((i for i in instances if i.get("name") == n.sql_instance(generation)), None)
     ok = (
         infra.get("converged") == fingerprint(stack, generation)
         and infra.get("sql_user_ready") == n.sql_instance(generation)
@@ -366,6 +371,8 @@ def _save(stack: Stack, run: InfraRun, report: Report | None) -> None:
 
 def _summarise(stack: Stack, report: Report) -> None:
     console = stack.console
+    if report.gate_error is not None:
+        raise report.gate_error  # e.g. the lock is held: nothing was changed
     if report.failed:
         failed = report.failed[0]
         error = failed.error

@@ -110,6 +110,7 @@ class Runner:
         secret_output: bool = False,
         detach_tty: bool = False,
         dry_stdout: str = "",
+        extra_env: Mapping[str, str] | None = None,
     ) -> Result:
         """Run `argv`; raise a typed `CommandError` if it fails and `check` is set.
 
@@ -118,6 +119,7 @@ class Runner:
         secret_output: stdout is a secret; it is registered and never logged.
         detach_tty: start in a new session so prompts (getpass) read stdin, not the terminal.
         dry_stdout: what a dry run pretends the command printed.
+        extra_env: variables for this command only (applied last).
         """
         argv = [str(part) for part in argv]
         command = self.render(argv)
@@ -140,7 +142,7 @@ class Runner:
                 capture_output=True,
                 text=True,
                 timeout=timeout or self.default_timeout,
-                env={**os.environ, **_QUIET_ENV, **self.env},
+                env={**os.environ, **_QUIET_ENV, **self.env, **(extra_env or {})},
                 start_new_session=detach_tty,
                 check=False,
             )

@@ -13,7 +13,6 @@ from metaflow_gcp.gcp.operations import OperationFailed, follow
 from metaflow_gcp.graph import Outcome, StepRun
 
 CREATE_TIMEOUT = 40 * 60.0
-TYPICAL_CREATE = 0.0  # seconds before the first poll; 0 keeps fast fakes fast
 
 
 def create_flags(s: Settings, n: Names) -> list[str]:
@@ -68,35 +67,6 @@ def _wait_running(gcloud: Gcloud, n: Names, run: StepRun, what: str) -> None:
     follow(run, what, poll, timeout=CREATE_TIMEOUT)
 
 
-def _wait_operation(gcloud: Gcloud, n: Names, run: StepRun, operation: str) -> None:
-    def poll() -> tuple[bool, str]:
-        op = gcloud.read(
-            "container",
-            "operations",
-            "describe",
-            operation,
-            f"--location={n.zone}",
-            dry={"status": "DONE"},
-        )
-        if op.get("status") != "DONE":
-            return False, str(op.get("status", "RUNNING"))
-        error = op.get("error") or {}
-        if error.get("message") or op.get("statusMessage"):
-            raise OperationFailed(
-                f"creating cluster {n.cluster} failed: "
-                f"{error.get('message') or op['statusMessage']}"
-            )
-        return True, "DONE"
-
-    follow(
-        run,
-        f"creating cluster {n.cluster}",
-        poll,
-        timeout=CREATE_TIMEOUT,
-        first_wait=TYPICAL_CREATE,
-    )
-
-
 def ensure_cluster(gcloud: Gcloud, s: Settings, n: Names, run: StepRun) -> Outcome:
     found = describe(gcloud, n)
     if found is not None:
@@ -115,20 +85,14 @@ def ensure_cluster(gcloud: Gcloud, s: Settings, n: Names, run: StepRun) -> Outco
         return Outcome.KEPT
     run.before_change(f"create GKE cluster {n.cluster} in {n.zone} ({s.node_machine_type})")
     run.note(f"creating {n.cluster}")
-    result = gcloud.mutate(
-        "container", "clusters", "create", n.cluster, *create_flags(s, n), "--async"
+    gcloud.mutate(
+        "container", "clusters", "create", n.cluster, *create_flags(s, n), "--async", fmt=None
     )
     if gcloud.dry_run:
         return Outcome.CREATED
-    _wait_operation(gcloud, n, run, operation_name(result.json()))
+    # The cluster's own status is the operation's outcome: PROVISIONING, then RUNNING or ERROR.
+    _wait_running(gcloud, n, run, f"creating {n.cluster}")
     return Outcome.CREATED
-
-
-def operation_name(created: Any) -> str:
-    """`clusters create --async --format=json` prints the operation (or a list of one)."""
-    op = created[0] if isinstance(created, list) else created
-    name = str(op["name"])
-    return name.rsplit("/", 1)[-1]
 
 
 # -- kubectl credentials ----------------------------------------------------------------

@@ -31,11 +31,9 @@ def create_flags(s: Settings, n: Names) -> list[str]:
         f"--tier={s.db_tier}",
         f"--region={n.region}",
         f"--network={n.network_path}",
-        "--no-assign-ip",
-        f"--allocated-ip-range-name={n.psa_range}",
+        "--no-assign-ip",  # private IP only, from the private services range on that network
         "--backup-start-time=03:00",
         "--storage-auto-increase",
-        f"--labels=stack={n.stack},managed-by=metaflow-gcp",
     ]
 
 
@@ -165,7 +163,8 @@ def ensure_user(
 
     `gcloud sql users create` takes a password only as an argument (visible to every
     local user), so the user is created without one and the password set through
-    `set-password --prompt-for-password`, fed on stdin from a process with no terminal.
+    `set-password --prompt-for-password`, fed on stdin from a process with no terminal
+    (getpass then reads stdin) and with prompts enabled for that one command.
     password_known_set: the state file says a past run finished setting it.
     """
     found = gcloud.read("sql", "users", "list", f"--instance={instance}", dry=[]) or []
@@ -192,6 +191,8 @@ def ensure_user(
             "--prompt-for-password",
             stdin=password + "\n",
             detach_tty=True,
+            # With prompts disabled gcloud would silently send *no* password.
+            extra_env={"CLOUDSDK_CORE_DISABLE_PROMPTS": "0"},
             timeout=900,
             fmt=None,
         ),

@@ -14,11 +14,15 @@ def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
 
 
 def drift(found: dict[str, Any]) -> list[str]:
-    """Settings of an existing bucket that differ from ours (the fixable ones)."""
+    """Settings of an existing bucket that differ from ours (the fixable ones).
+
+    Only what the API reports is judged: a field it leaves out is not taken as "off".
+    """
     problems = []
-    if not found.get("uniform_bucket_level_access"):
+    if found.get("uniform_bucket_level_access") is False:
         problems.append("--uniform-bucket-level-access")
-    if str(found.get("public_access_prevention", "")).lower() != "enforced":
+    prevention = found.get("public_access_prevention")
+    if prevention is not None and str(prevention).lower() != "enforced":
         problems.append("--public-access-prevention")
     return problems
 
