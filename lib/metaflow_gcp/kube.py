@@ -46,6 +46,7 @@ class Kubectl:
         stdin: str | None = None,
         timeout: float | None = None,
         check: bool = True,
+        dry_stdout: str = "",
     ) -> Result:
         return self.runner.run(
             self.argv(*args, namespace=namespace),
@@ -53,6 +54,7 @@ class Kubectl:
             stdin=stdin,
             timeout=timeout,
             check=check,
+            dry_stdout=dry_stdout,
         )
 
     def apply_stdin(self, manifest: str, *, namespace: str | None = None) -> Result:
@@ -74,13 +76,51 @@ class Helm:
         mutating: bool = True,
         timeout: float | None = None,
         stdin: str | None = None,
+        check: bool = True,
+        dry_stdout: str = "",
     ) -> Result:
-        return self.runner.run(self.argv(*args), mutating=mutating, timeout=timeout, stdin=stdin)
+        return self.runner.run(
+            self.argv(*args),
+            mutating=mutating,
+            timeout=timeout,
+            stdin=stdin,
+            check=check,
+            dry_stdout=dry_stdout,
+        )
 
-    def releases(self, namespace: str | None = None) -> list[dict[str, Any]]:
+    def releases(
+        self, namespace: str | None = None, *, every_state: bool = False
+    ) -> list[dict[str, Any]]:
+        """`helm list` as JSON. every_state adds `--all`: pending and failed releases too."""
         scope: Sequence[str] = (f"--namespace={namespace}",) if namespace else ("--all-namespaces",)
+        extra: Sequence[str] = ("--all",) if every_state else ()
         result = self.runner.run(
-            self.argv("list", *scope, "--output=json"), mutating=False, dry_stdout="[]"
+            self.argv("list", *scope, *extra, "--output=json"), mutating=False, dry_stdout="[]"
         )
         found = result.json()
         return found if isinstance(found, list) else []
+
+    def release(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """One release in any state (deployed, failed, pending-...), or None when absent."""
+        result = self.runner.run(
+            self.argv(
+                "list", f"--namespace={namespace}", f"--filter=^{name}$", "--all", "--output=json"
+            ),
+            mutating=False,
+            dry_stdout="[]",
+        )
+        found = result.json()
+        for entry in found if isinstance(found, list) else []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                return entry
+        return None
+
+    def user_values(self, name: str, namespace: str) -> dict[str, Any]:
+        """The values a release was installed with (`-f` and `--set*`), not the chart defaults."""
+        result = self.runner.run(
+            self.argv("get", "values", name, f"--namespace={namespace}", "--output=json"),
+            mutating=False,
+            dry_stdout="{}",
+        )
+        found = result.json()
+        return found if isinstance(found, dict) else {}

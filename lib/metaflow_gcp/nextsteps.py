@@ -1,0 +1,374 @@
+"""What a data scientist needs after `services.up`: the Metaflow config and the next steps.
+
+The config is derived from the stack's names alone (no cluster call), so it can be
+tested without a cluster and re-written by any later run. It never holds a secret:
+Metaflow reaches Google Cloud Storage with Application Default Credentials on a
+workstation and with Workload Identity in pods.
+
+Files are written where Metaflow reads them: `$METAFLOW_HOME/config.json` (default
+`~/.metaflowconfig`) or `config_<profile>.json` for `METAFLOW_PROFILE=<profile>`.
+An existing file that says something else is never overwritten: the new config goes
+beside it and the summary says where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from metaflow_gcp.config import Names
+
+if TYPE_CHECKING:
+    from metaflow_gcp.app import Stack
+
+# Fixed by the charts (charts/README.md) and values/*.yaml; port-forward.py uses the same ports.
+METAFLOW_NAMESPACE = "metaflow"
+METAFLOW_KSA = "metaflow"
+AIRFLOW_NAMESPACE = "airflow"
+AIRFLOW_KSA = "airflow-scheduler"  # values/airflow.yaml scheduler.serviceAccount.name
+METADATA_SERVICE = "metadata-service"  # charts/metaflow/templates/metadata-service.yaml
+EVENT_SOURCE = "argo-events-webhook"  # charts/metaflow-argo-events webhook.eventSourceName
+EVENT_NAME = "metaflow-event"  # webhook.eventName
+EVENT_BUS = "default"  # eventBus.name
+SENSOR_SA = "operate-workflow-sa"  # sensorServiceAccount
+WEBHOOK_PORT = 12000
+
+UI_URL = "http://localhost:3000"
+METADATA_URL = "http://localhost:8080"
+ARGO_UI_URL = "http://localhost:2746"
+AIRFLOW_UI_URL = "http://localhost:9090"
+
+AIRFLOW_PROFILE = "airflow"
+CLIENT_PACKAGES = ("metaflow", "kubernetes", "google-cloud-storage", "google-auth")
+OPTIONAL_PACKAGES = ("google-cloud-secret-manager",)
+
+Config = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One Metaflow config file: `name` "" is config.json, otherwise config_<name>.json."""
+
+    name: str
+    config: Config
+    purpose: str
+
+    @property
+    def file_name(self) -> str:
+        return config_file_name(self.name)
+
+
+def config_file_name(profile: str) -> str:
+    return f"config_{profile}.json" if profile else "config.json"
+
+
+# ---------------------------------------------------------------------------------------
+# The config
+
+
+def base_config(names: Names) -> Config:
+    """Datastore, metadata service and UI: the same for every profile of the stack."""
+    return {
+        "METAFLOW_DEFAULT_DATASTORE": "gs",
+        "METAFLOW_DATASTORE_SYSROOT_GS": names.datastore_root,
+        "METAFLOW_DEFAULT_METADATA": "service",
+        # The workstation reaches the service through `inv port-forward`; pods use the
+        # in-cluster name (Metaflow hands SERVICE_INTERNAL_URL to every step pod).
+        "METAFLOW_SERVICE_URL": "http://127.0.0.1:8080/",
+        "METAFLOW_SERVICE_INTERNAL_URL": (
+            f"http://{METADATA_SERVICE}.{METAFLOW_NAMESPACE}.svc.cluster.local:8080/"
+        ),
+        "METAFLOW_UI_URL": UI_URL,
+    }
+
+
+def jobs_config(namespace: str, service_account: str) -> Config:
+    """Where @kubernetes steps run, and as which (Workload Identity) service account."""
+    return {
+        "METAFLOW_KUBERNETES_NAMESPACE": namespace,
+        "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": service_account,
+    }
+
+
+def argo_config() -> Config:
+    """The Argo Events objects charts/metaflow-argo-events creates, and the Argo UI."""
+    path = f"/{EVENT_NAME}"
+    return {
+        "METAFLOW_ARGO_EVENTS_EVENT_BUS": EVENT_BUS,
+        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": EVENT_SOURCE,
+        "METAFLOW_ARGO_EVENTS_EVENT": EVENT_NAME,
+        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": SENSOR_SA,
+        "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": f"http://127.0.0.1:{WEBHOOK_PORT}{path}",
+        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": (
+            f"http://{EVENT_SOURCE}-eventsource-svc.{METAFLOW_NAMESPACE}.svc.cluster.local:"
+            f"{WEBHOOK_PORT}{path}"
+        ),
+        "METAFLOW_ARGO_EVENTS_WEBHOOK_AUTH": "none",
+        "METAFLOW_ARGO_WORKFLOWS_UI_URL": ARGO_UI_URL,
+    }
+
+
+def metaflow_profiles(names: Names, *, argo: bool, airflow: bool) -> list[Profile]:
+    """The config files for what the stack runs.
+
+    Metaflow jobs run in `metaflow` as `metaflow`, except for Airflow: its pod-launcher
+    RBAC only covers Airflow's own namespace, so Airflow's steps must run there as the
+    scheduler's account. With both, the default profile is Argo's and Airflow gets its own.
+    """
+    base = base_config(names)
+    metaflow_jobs = jobs_config(METAFLOW_NAMESPACE, METAFLOW_KSA)
+    airflow_jobs = jobs_config(AIRFLOW_NAMESPACE, AIRFLOW_KSA)
+    if argo and airflow:
+        return [
+            Profile("", {**base, **metaflow_jobs, **argo_config()}, "Argo Workflows, @kubernetes"),
+            Profile(AIRFLOW_PROFILE, {**base, **airflow_jobs}, "Airflow DAGs"),
+        ]
+    if argo:
+        return [
+            Profile("", {**base, **metaflow_jobs, **argo_config()}, "Argo Workflows, @kubernetes")
+        ]
+    if airflow:
+        return [Profile("", {**base, **airflow_jobs}, "Airflow DAGs, @kubernetes")]
+    return [Profile("", {**base, **metaflow_jobs}, "@kubernetes")]
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+class WriteStatus(StrEnum):
+    WRITTEN = "written"
+    UNCHANGED = "unchanged"
+    BESIDE = "written beside"  # the usual file says something else and was kept
+    PLANNED = "would write"  # dry run
+
+
+@dataclass(frozen=True)
+class Written:
+    """Where one profile went. `profile` is what to set METAFLOW_PROFILE to ("" = none)."""
+
+    wanted: Profile
+    path: Path
+    status: WriteStatus
+    profile: str
+    kept: Path | None = None  # the existing, different file that was left alone
+
+    @property
+    def usable(self) -> bool:
+        """False when only a `.new` file could be written: the user has to move it in place."""
+        return self.path.suffix == ".json"
+
+
+def config_home(env: Mapping[str, str] | None = None) -> Path:
+    """Where Metaflow looks: $METAFLOW_HOME, else ~/.metaflowconfig."""
+    env = os.environ if env is None else env
+    return Path(env.get("METAFLOW_HOME") or "~/.metaflowconfig").expanduser()
+
+
+def render(config: Mapping[str, str]) -> str:
+    return json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
+
+
+def write_profiles(
+    profiles: list[Profile], *, stack: str, home: Path | None = None, dry_run: bool = False
+) -> list[Written]:
+    """Write each profile; an existing different file is kept and the new one goes beside it.
+
+    Beside means the stack-named profile `mf-<stack>` (or `mf-<stack>-<profile>`), so the user
+    can switch with METAFLOW_PROFILE at once; if that file is taken too, `<file>.new`.
+    """
+    home = home or config_home()
+    results: list[Written] = []
+    for profile in profiles:
+        target = home / profile.file_name
+        if dry_run:
+            results.append(Written(profile, target, WriteStatus.PLANNED, profile.name))
+            continue
+        _make_home(home)
+        current = _read_config(target)
+        if current is None:
+            _write(target, profile.config)
+            results.append(Written(profile, target, WriteStatus.WRITTEN, profile.name))
+            continue
+        if current == profile.config:
+            results.append(Written(profile, target, WriteStatus.UNCHANGED, profile.name))
+            continue
+        alt_name = f"mf-{stack}" + (f"-{profile.name}" if profile.name else "")
+        alt = home / config_file_name(alt_name)
+        alt_current = _read_config(alt)
+        if alt_current == profile.config:
+            results.append(Written(profile, alt, WriteStatus.UNCHANGED, alt_name, kept=target))
+        elif alt_current is None:
+            _write(alt, profile.config)
+            results.append(Written(profile, alt, WriteStatus.BESIDE, alt_name, kept=target))
+        else:
+            new = target.with_name(target.name + ".new")
+            _write(new, profile.config)
+            results.append(Written(profile, new, WriteStatus.BESIDE, profile.name, kept=target))
+    return results
+
+
+def _make_home(home: Path) -> None:
+    """Create the folder private to the user; an existing folder's mode is the user's call."""
+    if not home.is_dir():
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o700)
+
+
+_UNREADABLE = object()  # a file that is there but is no JSON object: never equal, never ours
+
+
+def _read_config(path: Path) -> object | None:
+    """The file's JSON object; None when absent. A broken file counts as different."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _UNREADABLE
+    return data if isinstance(data, dict) else _UNREADABLE
+
+
+def _write(path: Path, config: Mapping[str, str]) -> None:
+    """Write whole or not at all: a crash never leaves Metaflow a half file to choke on."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(render(config))
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# The summary
+
+
+def print_next_steps(stack: Stack, written: list[Written]) -> None:
+    """What to do next, in order, for whoever uses the stack. Holds no secret."""
+    from rich.markup import escape
+
+    console = stack.console
+    n, s = stack.names, stack.settings
+    argo, airflow = s.deploy_argo, s.deploy_airflow
+
+    def step(title: str, *lines: str) -> None:
+        console.print(f"[bold]{title}[/]")
+        for line in lines:
+            console.print(f"    {line}", soft_wrap=True)
+
+    def cmd(text: str) -> str:
+        return f"[cyan]{escape(text)}[/]"
+
+    console.print()
+    console.print(f"[bold green]Next steps[/] for stack '{escape(n.stack)}':")
+    step(
+        "1. Cluster credentials (kubectl, port-forwards, deploying flows):",
+        cmd(
+            f"gcloud container clusters get-credentials {n.cluster} --location={n.zone} "
+            f"--project={n.project}"
+        ),
+    )
+    step(
+        "2. Python packages on the workstation:",
+        cmd(f"python -m pip install {' '.join(CLIENT_PACKAGES)}"),
+        f"optional, for @secrets: {cmd(' '.join(OPTIONAL_PACKAGES))}",
+    )
+    step(
+        f"3. Google credentials for the datastore {escape(n.datastore_root)}:",
+        cmd("gcloud auth application-default login"),
+    )
+    step("4. Metaflow config:", *_config_lines(written))
+    urls = [f"Metaflow UI {UI_URL}", f"metadata service {METADATA_URL}"]
+    if argo:
+        urls.append(f"Argo Workflows UI {ARGO_UI_URL}")
+    if airflow:
+        urls.append(f"Airflow UI {AIRFLOW_UI_URL}")
+    step(
+        "5. Reach the services (keep it running in another terminal):",
+        cmd("inv port-forward"),
+        ", ".join(urls),
+    )
+    runs = [cmd("python flow.py run --with kubernetes")]
+    if argo:
+        runs.append(
+            f"{cmd('python flow.py argo-workflows create')} then "
+            f"{cmd('python flow.py argo-workflows trigger')}"
+        )
+    step("6. Run a flow on the cluster:", *runs)
+    number = 7
+    if argo:
+        step(
+            f"{number}. Publish an event for @trigger flows (with the port-forward up):",
+            cmd(
+                "python -c 'from metaflow.integrations import ArgoEvent; "
+                'ArgoEvent("my-event").publish()\''
+            ),
+        )
+        number += 1
+    if airflow:
+        profile = next((w.profile for w in written if w.wanted.name == AIRFLOW_PROFILE), None)
+        if profile is None:  # Airflow alone: the default profile is Airflow's
+            profile = next((w.profile for w in written), "")
+        prefix = f"METAFLOW_PROFILE={profile} " if profile else ""
+        step(
+            f"{number}. Airflow: compile a flow to a DAG and ship it:",
+            cmd(f"{prefix}python flow.py airflow create my-dag.py"),
+            cmd("inv airflow.upload-dag my-dag.py"),
+            "the chart creates no login; create an admin once (it asks for the password):",
+            cmd(
+                f"kubectl --context={n.kube_context} -n {AIRFLOW_NAMESPACE} exec -it "
+                "deploy/airflow-webserver -c webserver -- airflow users create --role Admin "
+                "--username admin --email admin@example.com --firstname Admin --lastname User"
+            ),
+        )
+
+
+def _config_lines(written: list[Written]) -> list[str]:
+    from rich.markup import escape
+
+    lines: list[str] = []
+    for item in written:
+        where = escape(_home_relative(item.path))
+        use = (
+            f" - use it with [cyan]export METAFLOW_PROFILE={escape(item.profile)}[/]"
+            if item.profile and item.usable
+            else ""
+        )
+        what = f"({item.wanted.purpose})"
+        if item.status is WriteStatus.PLANNED:
+            lines.append(f"would write {where} {what}{use}")
+        elif item.status is WriteStatus.UNCHANGED and item.kept is None:
+            lines.append(f"{where} is up to date {what}{use}")
+        elif item.status is WriteStatus.WRITTEN:
+            lines.append(f"wrote {where} {what}{use}")
+        else:
+            kept = escape(_home_relative(item.kept)) if item.kept else ""
+            lines.append(
+                f"[yellow]![/] {kept} says something else and was kept; "
+                f"this stack's config is {where} {what}{use}"
+            )
+            if not item.usable:
+                lines.append(f"  compare the two and move {where} into place to use it")
+    active = os.environ.get("METAFLOW_PROFILE")
+    if active:
+        lines.append(
+            f"[yellow]![/] METAFLOW_PROFILE={escape(active)} is set in this shell, so Metaflow "
+            f"reads {escape(config_file_name(active))} rather than config.json"
+        )
+    return lines
+
+
+def _home_relative(path: Path) -> str:
+    try:
+        return f"~/{path.relative_to(Path.home())}"
+    except ValueError:
+        return str(path)

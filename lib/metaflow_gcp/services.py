@@ -1,0 +1,876 @@
+"""`inv services.up`: Metaflow's services, Argo and (optionally) Airflow on the stack's cluster.
+
+The graph (a step starts once what it needs is done; independent releases install at
+the same time, and one failed release does not stop the others):
+
+    Workload Identity ----------------------------------+
+    namespace metaflow -> Secret metaflow-db ------------+-> release metaflow
+    namespace metaflow -> release argo-workflows            (writes a Role into metaflow)
+    release argo-events + namespace metaflow -> release metaflow-argo-events (needs the CRDs)
+    namespace airflow + Secret airflow-webserver-secret -> release airflow
+    switched off: uninstall metaflow-argo-events -> argo-events; argo-workflows; airflow
+                  -> drop airflow's Workload Identity binding
+
+Re-runs do not churn: a release that is deployed with the same chart version and the
+same values is left alone, and the DB Secret is only rewritten when Secret Manager has
+a newer version. Every command goes through the one Runner, so --dry-run prints them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets as random_source
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from metaflow_gcp import nextsteps
+from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.errors import AlreadyExists, ConcurrentChange, NotFound, StackError
+from metaflow_gcp.gcp import iam, secrets
+from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
+from metaflow_gcp.kube import Helm, Kubectl
+from metaflow_gcp.state import Doc, db_generation, now
+
+# Namespaces and names the charts and values files rely on (charts/README.md).
+METAFLOW_NS = nextsteps.METAFLOW_NAMESPACE
+ARGO_NS = "argo"
+ARGO_EVENTS_NS = "argo-events"
+AIRFLOW_NS = nextsteps.AIRFLOW_NAMESPACE
+# Names of Secrets and of their keys (S105: names, not secrets).
+DB_SECRET = "metaflow-db"  # noqa: S105 - charts/metaflow database.passwordSecret
+DB_SECRET_KEY = "password"  # noqa: S105
+AIRFLOW_SECRET = "airflow-webserver-secret"  # noqa: S105 - values/airflow.yaml
+AIRFLOW_SECRET_KEY = "webserver-secret-key"  # noqa: S105
+# Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
+# field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
+VERSION_ANNOTATION = "metaflow-gcp/secret-version"
+FIELD_MANAGER = "metaflow-gcp"
+MANAGED_LABELS = {"app.kubernetes.io/managed-by": "metaflow-gcp"}
+WI_ROLE = "roles/iam.workloadIdentityUser"
+
+# (release, namespace) per switch, in the order they are removed.
+ARGO_RELEASES = (
+    ("metaflow-argo-events", METAFLOW_NS),
+    ("argo-events", ARGO_EVENTS_NS),
+    ("argo-workflows", ARGO_NS),
+)
+AIRFLOW_RELEASES = (("airflow", AIRFLOW_NS),)
+
+# States in which Helm refuses another upgrade until someone looks.
+_STUCK = {"pending-install", "pending-upgrade", "pending-rollback", "uninstalling"}
+_HELM_GRACE = 120.0  # seconds on top of helm's own --timeout before the runner gives up
+
+
+# ---------------------------------------------------------------------------------------
+# Where the charts and values files are
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The checkout holding charts/ and values/ (the package is installed editable from lib/)."""
+    here = (start or Path(__file__)).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "charts" / "metaflow" / "Chart.yaml").is_file() and (
+            folder / "values" / "versions.yaml"
+        ).is_file():
+            return folder
+    raise StackError(
+        "cannot find the charts/ and values/ folders next to the metaflow_gcp package. "
+        "Fix: run the tasks from the repository checkout (`pip install -e .` there)"
+    )
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One pinned upstream chart from values/versions.yaml."""
+
+    repo: str
+    chart: str
+    version: str
+
+
+def load_versions(root: Path) -> dict[str, Upstream]:
+    """values/versions.yaml, checked: every entry needs repo, chart and an exact version."""
+    import yaml
+
+    path = root / "values" / "versions.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    pins: dict[str, Upstream] = {}
+    for name in ("argo-workflows", "argo-events", "airflow"):
+        entry = data.get(name) if isinstance(data, dict) else None
+        fields_ = {k: str((entry or {}).get(k) or "").strip() for k in ("repo", "chart", "version")}
+        missing = [k for k, v in fields_.items() if not v]
+        if missing:
+            raise StackError(
+                f"{path}: '{name}' lacks {', '.join(missing)}. Fix: pin repo, chart and an "
+                "exact version for it"
+            )
+        pins[name] = Upstream(**fields_)
+    return pins
+
+
+@cache
+def _chart_meta(chart_dir: Path) -> tuple[str, str]:
+    import yaml
+
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text(encoding="utf-8")) or {}
+    return str(meta["name"]), str(meta["version"])
+
+
+def chart_checksum(chart_dir: Path) -> str:
+    """A digest of every file of a local chart: a template edit without a version bump counts."""
+    digest = hashlib.sha256()
+    for path in sorted(chart_dir.rglob("*")):
+        relative = path.relative_to(chart_dir)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# Releases
+
+ValuePath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One `helm upgrade --install`, and the user-supplied values it should leave behind."""
+
+    name: str
+    namespace: str
+    chart: str  # a local chart's folder, or the upstream chart's name
+    chart_name: str
+    version: str
+    repo: str = ""  # empty for a local chart
+    values_file: Path | None = None
+    set_string: tuple[tuple[ValuePath, str], ...] = ()
+    set_bool: tuple[tuple[ValuePath, bool], ...] = ()
+    timeout_minutes: int = 10
+
+    @property
+    def local(self) -> bool:
+        return not self.repo
+
+    @property
+    def chart_label(self) -> str:
+        """How `helm list` shows the chart: NAME-VERSION."""
+        return f"{self.chart_name}-{self.version}"
+
+    @property
+    def title(self) -> str:
+        return f"release {self.name} ({self.namespace})"
+
+    def argv(self) -> list[str]:
+        source = [] if self.local else [f"--repo={self.repo}", f"--version={self.version}"]
+        values = [f"--values={self.values_file}"] if self.values_file else []
+        sets: list[str] = []
+        for path, text in self.set_string:
+            sets += ["--set-string", f"{_set_key(path)}={_set_value(text)}"]
+        for path, flag in self.set_bool:
+            sets += ["--set", f"{_set_key(path)}={'true' if flag else 'false'}"]
+        return [
+            "upgrade",
+            "--install",
+            self.name,
+            self.chart,
+            *source,
+            f"--namespace={self.namespace}",
+            "--create-namespace",
+            *values,
+            *sets,
+            "--wait",
+            f"--timeout={self.timeout_minutes}m",
+        ]
+
+    def desired_values(self) -> dict[str, Any]:
+        """What `helm get values` should show afterwards: the values file, then the --set's."""
+        import yaml
+
+        values: dict[str, Any] = {}
+        if self.values_file:
+            loaded = yaml.safe_load(self.values_file.read_text(encoding="utf-8"))
+            values = loaded if isinstance(loaded, dict) else {}
+        for path, text in self.set_string:
+            _put(values, path, text)
+        for path, flag in self.set_bool:
+            _put(values, path, flag)
+        return values
+
+
+def _set_key(path: ValuePath) -> str:
+    """Helm's --set path syntax: dots separate, so dots inside a key are escaped."""
+    return ".".join(part.replace("\\", "\\\\").replace(".", "\\.") for part in path)
+
+
+def _set_value(text: str) -> str:
+    """Commas separate --set pairs and backslashes escape: quote both."""
+    return text.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def _put(values: dict[str, Any], path: ValuePath, value: Any) -> None:
+    node = values
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _canonical(values: Any) -> str:
+    return json.dumps(values or {}, sort_keys=True)
+
+
+def releases_for(
+    stack: Stack, root: Path, pins: dict[str, Upstream], generation: int
+) -> dict[str, Release]:
+    """Every release the stack can have, with this stack's values filled in."""
+    n = stack.names
+    gsa = n.workload_sa
+    charts, values = root / "charts", root / "values"
+
+    def local(name: str, **kwargs: Any) -> Release:
+        chart_dir = charts / name
+        chart_name, version = _chart_meta(chart_dir)
+        return Release(name, METAFLOW_NS, str(chart_dir), chart_name, version, **kwargs)
+
+    def upstream(name: str, namespace: str, **kwargs: Any) -> Release:
+        pin = pins[name]
+        return Release(
+            name,
+            namespace,
+            pin.chart,
+            pin.chart,
+            pin.version,
+            repo=pin.repo,
+            values_file=values / f"{name}.yaml",
+            **kwargs,
+        )
+
+    found = [
+        local(
+            "metaflow",
+            set_string=(
+                (("serviceAccount", "gcpServiceAccount"), gsa),
+                (("database", "instanceConnectionName"), n.sql_connection_name(generation)),
+                (("datastore", "sysroot"), n.datastore_root),
+            ),
+            set_bool=((("argoWorkflows", "enabled"), stack.settings.deploy_argo),),
+        ),
+        upstream("argo-workflows", ARGO_NS),
+        upstream("argo-events", ARGO_EVENTS_NS),
+        local("metaflow-argo-events"),
+        upstream(
+            "airflow",
+            AIRFLOW_NS,
+            set_string=(
+                (
+                    (
+                        "scheduler",
+                        "serviceAccount",
+                        "annotations",
+                        "iam.gke.io/gcp-service-account",
+                    ),
+                    gsa,
+                ),
+            ),
+            timeout_minutes=15,
+        ),
+    ]
+    return {release.name: release for release in found}
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A release found by `helm list` that the settings switch off."""
+
+    name: str
+    namespace: str
+    status: str
+
+
+# ---------------------------------------------------------------------------------------
+# One run
+
+
+@dataclass
+class ServicesRun:
+    """What the steps of one run share: the clients, the state document, chart digests."""
+
+    stack: Stack
+    helm: Helm
+    kubectl: Kubectl
+    root: Path
+    doc: Doc = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    # -- Workload Identity --------------------------------------------------------------
+
+    def wanted_ksas(self) -> list[tuple[str, str]]:
+        """Metaflow's KSA always; Airflow's scheduler when Airflow is on (it launches steps)."""
+        ksas = [(METAFLOW_NS, nextsteps.METAFLOW_KSA)]
+        if self.stack.settings.deploy_airflow:
+            ksas.append((AIRFLOW_NS, nextsteps.AIRFLOW_KSA))
+        return ksas
+
+    def ensure_workload_identity(self, run: StepRun) -> Outcome:
+        return iam.ensure_workload_identity(
+            self.stack.gcloud, self.stack.names, self.wanted_ksas(), run
+        )
+
+    def prune_workload_identity(self, run: StepRun) -> Outcome:
+        """Airflow is off: its scheduler no longer needs to act as the workload account."""
+        g, n = self.stack.gcloud, self.stack.names
+        unwanted = {
+            b.member
+            for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, nextsteps.AIRFLOW_KSA)])
+        }
+        for attempt in range(5):
+            policy = g.read("iam", "service-accounts", "get-iam-policy", n.workload_sa, dry={})
+            policy = policy if isinstance(policy, dict) else {}
+            present = _role_members(policy, WI_ROLE) & unwanted
+            if not present:
+                return Outcome.KEPT if attempt == 0 else Outcome.DELETED
+            run.before_change(f"remove {WI_ROLE} of {', '.join(sorted(present))}")
+            try:
+                iam.set_policy(
+                    g,
+                    ["iam", "service-accounts", n.workload_sa],
+                    _without_role_members(policy, WI_ROLE, present),
+                )
+            except ConcurrentChange:
+                run.note("the policy changed under us; re-reading")
+                continue
+            return Outcome.DELETED
+        raise StackError(f"could not update the IAM policy of {n.workload_sa} after 5 tries")
+
+    # -- namespaces and Secrets ----------------------------------------------------------
+
+    def ensure_namespace(self, name: str, run: StepRun) -> Outcome:
+        if self.kubectl.get("namespace", name) is not None:
+            return Outcome.KEPT
+        run.before_change(f"create namespace {name}")
+        try:
+            self.kubectl.run("create", "namespace", name)
+        except AlreadyExists:
+            return Outcome.KEPT
+        return Outcome.CREATED
+
+    def secret_annotation(self, namespace: str, name: str, key: str) -> str | None:
+        """One annotation of a Secret; None when there is no such Secret.
+
+        Asks for that annotation alone, so neither the data nor an annotation that may
+        mirror it (kubectl's last-applied-configuration) is ever read.
+        """
+        try:
+            result = self.kubectl.run(
+                "get",
+                "secret",
+                name,
+                "-o",
+                f"jsonpath={{.metadata.annotations.{key}}}",
+                namespace=namespace,
+                mutating=False,
+            )
+        except NotFound:
+            return None
+        return None if result.dry_run else result.stdout.strip()
+
+    def secret_exists(self, namespace: str, name: str) -> bool:
+        try:
+            result = self.kubectl.run(
+                "get",
+                "secret",
+                name,
+                "-o",
+                "jsonpath={.metadata.name}",
+                namespace=namespace,
+                mutating=False,
+            )
+        except NotFound:
+            return False
+        return not result.dry_run and result.stdout.strip() == name
+
+    def secret_manager_version(self) -> str:
+        """The full name of the password's latest version ('' if it has none yet)."""
+        n = self.stack.names
+        try:
+            found = self.stack.gcloud.read(
+                "secrets", "versions", "describe", "latest", f"--secret={n.db_secret}", dry={}
+            )
+        except NotFound:
+            return ""
+        return str((found or {}).get("name") or "")
+
+    def ensure_db_secret(self, run: StepRun) -> Outcome:
+        """Copy the DB password from Secret Manager into Secret metaflow-db, via stdin only."""
+        n, g = self.stack.names, self.stack.gcloud
+        version = self.secret_manager_version()
+        have = self.secret_annotation(METAFLOW_NS, DB_SECRET, VERSION_ANNOTATION)
+        if version and have == version:
+            return Outcome.KEPT
+        try:
+            password = secrets.read_password(g, n)
+        except NotFound:
+            raise StackError(
+                f"Secret Manager has no secret {n.db_secret} in {n.project}. Fix: run "
+                "`inv infra.up` first (it creates the database password)"
+            ) from None
+        if not password and not g.dry_run:
+            raise StackError(f"the secret {n.db_secret} is empty. Fix: run `inv infra.up`")
+        if not version and not g.dry_run:
+            version = self.secret_manager_version()  # read_password may have added the first
+        run.before_change(f"{'update' if have is not None else 'create'} Secret {DB_SECRET}")
+        self.kubectl.run(
+            "apply",
+            "--server-side",
+            f"--field-manager={FIELD_MANAGER}",
+            "--force-conflicts",
+            "-f",
+            "-",
+            namespace=METAFLOW_NS,
+            stdin=secret_manifest(
+                DB_SECRET,
+                METAFLOW_NS,
+                {DB_SECRET_KEY: password},
+                annotations={VERSION_ANNOTATION: version} if version else {},
+            ),
+        )
+        return Outcome.UPDATED if have is not None else Outcome.CREATED
+
+    def ensure_airflow_secret(self, run: StepRun) -> Outcome:
+        """Airflow's Flask session key: random, made once, never replaced (sessions survive)."""
+        created_ns = self.ensure_namespace(AIRFLOW_NS, run) is Outcome.CREATED
+        if self.secret_exists(AIRFLOW_NS, AIRFLOW_SECRET):
+            return Outcome.KEPT
+        run.before_change(f"create Secret {AIRFLOW_SECRET}")
+        key = random_source.token_hex(32)
+        self.stack.runner.add_secret(key)
+        try:
+            self.kubectl.run(
+                "create",
+                "-f",
+                "-",
+                namespace=AIRFLOW_NS,
+                stdin=secret_manifest(AIRFLOW_SECRET, AIRFLOW_NS, {AIRFLOW_SECRET_KEY: key}),
+            )
+        except AlreadyExists:  # another run made it a moment ago: keep theirs
+            return Outcome.CREATED if created_ns else Outcome.KEPT
+        return Outcome.CREATED
+
+    # -- Helm releases -------------------------------------------------------------------
+
+    def recorded_checksum(self, name: str) -> str | None:
+        services = self.doc.get("services")
+        charts = services.get("charts") if isinstance(services, dict) else None
+        value = charts.get(name) if isinstance(charts, dict) else None
+        return str(value) if value else None
+
+    def up_to_date(self, release: Release, listed: dict[str, Any]) -> bool:
+        """Deployed, same chart version, same chart files (local charts), same values."""
+        if listed.get("status") != "deployed" or listed.get("chart") != release.chart_label:
+            return False
+        if release.local and self.recorded_checksum(release.name) != self.checksums.get(
+            release.name
+        ):
+            return False
+        current = self.helm.user_values(release.name, release.namespace)
+        return _canonical(current) == _canonical(release.desired_values())
+
+    def ensure_release(self, release: Release, run: StepRun) -> Outcome:
+        listed = self.helm.release(release.name, release.namespace)
+        status = str(listed.get("status") or "") if listed else ""
+        if status == "uninstalled":  # kept history only; `upgrade --install` installs it anew
+            listed, status = None, ""
+        if status in _STUCK:
+            raise StackError(_stuck_message(self.helm.context, release, status))
+        if listed and self.up_to_date(release, listed):
+            return Outcome.KEPT
+        verb = "upgrade" if listed else "install"
+        run.before_change(f"{verb} {release.name} {release.version}")
+        run.note(f"helm {verb}; waits up to {release.timeout_minutes}m for the pods")
+        self.helm.run(*release.argv(), timeout=release.timeout_minutes * 60 + _HELM_GRACE)
+        return Outcome.UPDATED if listed else Outcome.CREATED
+
+    def uninstall(self, installed: Installed, run: StepRun) -> Outcome:
+        run.before_change(f"uninstall {installed.name}")
+        try:
+            self.helm.run(
+                "uninstall",
+                installed.name,
+                f"--namespace={installed.namespace}",
+                "--timeout=5m",
+                timeout=5 * 60 + _HELM_GRACE,
+            )
+        except NotFound:
+            return Outcome.GONE
+        return Outcome.DELETED
+
+
+def secret_manifest(
+    name: str, namespace: str, data: dict[str, str], *, annotations: dict[str, str] | None = None
+) -> str:
+    """A Secret as JSON for `kubectl ... -f -`: built in memory, handed over on stdin only."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": MANAGED_LABELS}
+    if annotations:
+        metadata["annotations"] = annotations
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+    )
+
+
+def _role_members(policy: dict[str, Any], role: str) -> set[str]:
+    return {
+        member
+        for binding in policy.get("bindings", [])
+        if binding.get("role") == role and not binding.get("condition")
+        for member in binding.get("members", [])
+    }
+
+
+def _without_role_members(policy: dict[str, Any], role: str, members: set[str]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(policy))
+    kept = []
+    for binding in result.get("bindings", []):
+        if binding.get("role") == role and not binding.get("condition"):
+            binding["members"] = [m for m in binding.get("members", []) if m not in members]
+        if binding.get("members"):
+            kept.append(binding)
+    result["bindings"] = kept
+    return result
+
+
+def _stuck_message(context: str, release: Release, status: str) -> str:
+    helm = f"helm --kube-context={context}"
+    if status == "pending-install":
+        fix = f"`{helm} uninstall {release.name} --namespace={release.namespace}`"
+    elif status == "uninstalling":
+        fix = "wait for the uninstall to finish"
+    else:
+        fix = f"`{helm} rollback {release.name} --namespace={release.namespace}`"
+    return (
+        f"release {release.name} in {release.namespace} is '{status}' (an earlier helm run "
+        f"was interrupted). Fix: {fix}, then run `inv services.up` again"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The graph
+
+
+def build_steps(
+    stack: Stack, run: ServicesRun, releases: dict[str, Release], removals: list[Installed]
+) -> list[Step]:
+    """The steps, listed in the order a dry run prints them (each after what it needs)."""
+    s = stack.settings
+    ksas = ", ".join(f"{ns}/{ksa}" for ns, ksa in run.wanted_ksas())
+
+    def release_step(name: str, needs: tuple[str, ...]) -> Step:
+        release = releases[name]
+        return Step(
+            f"release:{name}",
+            f"{release.title} {release.version}",
+            lambda r: run.ensure_release(release, r),
+            needs,
+        )
+
+    steps = [
+        Step("wi", f"Workload Identity ({ksas})", run.ensure_workload_identity),
+        Step(
+            "ns:metaflow",
+            f"namespace {METAFLOW_NS}",
+            lambda r: run.ensure_namespace(METAFLOW_NS, r),
+        ),
+        Step(
+            "secret:db", f"Secret {METAFLOW_NS}/{DB_SECRET}", run.ensure_db_secret, ("ns:metaflow",)
+        ),
+        release_step("metaflow", ("wi", "secret:db")),
+    ]
+    if s.deploy_argo:
+        steps += [
+            # Its workflow Role and RoleBinding go into the metaflow namespace.
+            release_step("argo-workflows", ("ns:metaflow",)),
+            release_step("argo-events", ()),
+            # EventBus, EventSource and friends are Argo Events CRDs, in the metaflow namespace.
+            release_step("metaflow-argo-events", ("release:argo-events", "ns:metaflow")),
+        ]
+    if s.deploy_airflow:
+        steps += [
+            Step(
+                "secret:airflow",
+                f"Secret {AIRFLOW_NS}/{AIRFLOW_SECRET}",
+                run.ensure_airflow_secret,
+            ),
+            release_step("airflow", ("secret:airflow",)),
+        ]
+    removed: set[str] = set()
+    for installed in removals:
+        needs: tuple[str, ...] = ()
+        if installed.name == "argo-events" and "metaflow-argo-events" in removed:
+            needs = ("remove:metaflow-argo-events",)  # its objects first, while the controller runs
+        steps.append(
+            Step(
+                f"remove:{installed.name}",
+                f"remove release {installed.name} ({installed.namespace})",
+                _uninstall_action(run, installed),
+                needs,
+            )
+        )
+        removed.add(installed.name)
+    if not s.deploy_airflow:
+        needs = ("wi", "remove:airflow") if "airflow" in removed else ("wi",)
+        steps.append(
+            Step(
+                "wi:prune",
+                f"Workload Identity ({AIRFLOW_NS}/{nextsteps.AIRFLOW_KSA} not needed)",
+                run.prune_workload_identity,
+                needs,
+            )
+        )
+    return steps
+
+
+def _uninstall_action(run: ServicesRun, installed: Installed) -> Callable[[StepRun], Outcome]:
+    return lambda r: run.uninstall(installed, r)
+
+
+def _run_graph(stack: Stack, steps: list[Step]) -> Report:
+    if stack.dry_run:
+        # One step at a time in the listed order (GraphRun still honours needs), so the
+        # printed commands read like the story: identity, secret, Metaflow, Argo, events.
+        return GraphRun(steps, sequential=True).run()
+    return run_steps(
+        steps,
+        console=stack.console,
+        title=f"services.up: stack '{stack.names.stack}'",
+        keep_going=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The task
+
+
+def up(stack: Stack, *, force_unlock: bool = False) -> Report:
+    """Install what the settings ask for, remove what they switch off, print the next steps."""
+    console = stack.console
+    preflight(stack, "gcloud", "kubectl", "helm")
+    if not stack.dry_run:
+        _check_context(stack)
+    root = repo_root()
+    pins = load_versions(root)
+    context = stack.names.kube_context
+    run = ServicesRun(stack, Helm(stack.runner, context), Kubectl(stack.runner, context), root)
+    if stack.dry_run:
+        console.print(
+            f"[bold]Dry run[/]: the commands services.up would run for stack "
+            f"'{stack.names.stack}' (nothing is called):"
+        )
+    removals = switched_off(stack, run.helm)
+    if removals:
+        confirm_removal(stack, removals)
+
+    held = False
+    report: Report | None = None
+    try:
+        broken = stack.state.acquire("services.up", force=force_unlock)
+        held = True
+        if broken:
+            console.print(
+                f"[yellow]![/] broke the lock of {broken.get('holder')} "
+                f"({broken.get('task')}, since {broken.get('since')})"
+            )
+        run.doc = dict(stack.state.last.data) if stack.state.last else {}
+        if not stack.dry_run:
+            _check_infra(stack, run.doc)
+        generation = db_generation(run.doc, stack.settings.db_generation_number)
+        releases = releases_for(stack, root, pins, generation)
+        run.checksums = {
+            r.name: chart_checksum(Path(r.chart)) for r in releases.values() if r.local
+        }
+        report = _run_graph(stack, build_steps(stack, run, releases, removals))
+    finally:
+        if held:
+            _save(stack, run, report)
+
+    profiles = nextsteps.metaflow_profiles(
+        stack.names, argo=stack.settings.deploy_argo, airflow=stack.settings.deploy_airflow
+    )
+    if stack.dry_run:
+        report.raise_for_failure()
+        mutating = sum(1 for r in stack.runner.history if r.mutating)
+        reads = len(stack.runner.history) - mutating
+        console.print(f"{mutating} changing commands and {reads} reads would run.")
+        written = nextsteps.write_profiles(profiles, stack=stack.names.stack, dry_run=True)
+        nextsteps.print_next_steps(stack, written)
+        return report
+    _summarise(stack, report)
+    written = nextsteps.write_profiles(profiles, stack=stack.names.stack)
+    nextsteps.print_next_steps(stack, written)
+    return report
+
+
+def switched_off(stack: Stack, helm: Helm) -> list[Installed]:
+    """Releases of a switched-off component that are still installed (one `helm list -A`)."""
+    off: list[tuple[str, str]] = []
+    if not stack.settings.deploy_argo:
+        off += ARGO_RELEASES
+    if not stack.settings.deploy_airflow:
+        off += AIRFLOW_RELEASES
+    if not off:
+        return []
+    listed = {(r.get("name"), r.get("namespace")): r for r in helm.releases(every_state=True)}
+    return [
+        Installed(name, ns, str(listed[(name, ns)].get("status") or "?"))
+        for name, ns in off
+        if (name, ns) in listed and listed[(name, ns)].get("status") != "uninstalled"
+    ]
+
+
+def confirm_removal(stack: Stack, removals: list[Installed]) -> None:
+    """Show what goes away and ask; --yes skips the question, no terminal refuses."""
+    console = stack.console
+    console.print(
+        "[yellow]![/] Switched off in the settings but installed; services.up uninstalls:"
+    )
+    for item in removals:
+        console.print(f"    - {item.name} (namespace {item.namespace}, {item.status})")
+    console.print(
+        "    Kept: the namespaces, the Argo CRDs (with the workflows and events stored in "
+        "them) and volumes the releases do not own."
+    )
+    if stack.assume_yes or stack.dry_run:
+        return
+    keep = " or ".join(
+        flag
+        for flag, names in (("--argo", ARGO_RELEASES), ("--airflow", AIRFLOW_RELEASES))
+        if any(item.name == name for item in removals for name, _ in names)
+    )
+    if not stack.interactive():
+        raise StackError(
+            f"services.up would uninstall {', '.join(i.name for i in removals)}; nothing was "
+            f"changed. Fix: pass --yes to confirm, or {keep} to keep them"
+        )
+    if not _confirm(stack, "Uninstall them?"):
+        raise StackError("nothing was changed (not confirmed)")
+
+
+def _confirm(stack: Stack, question: str) -> bool:
+    from rich.prompt import Confirm
+
+    return bool(Confirm.ask(question, console=stack.console, default=False))
+
+
+def _check_context(stack: Stack) -> None:
+    """kubectl and helm name the context explicitly; it has to be in the kubeconfig."""
+    from metaflow_gcp.gcp.gke import has_context
+
+    n = stack.names
+    env = stack.runner.env
+    path = Path(env["KUBECONFIG"].split(":")[0]) if env.get("KUBECONFIG") else None
+    if not has_context(n.kube_context, path):
+        raise StackError(
+            f"kubectl has no context '{n.kube_context}'. Fix: run `inv infra.up` (it fetches "
+            f"the credentials) or `gcloud container clusters get-credentials {n.cluster} "
+            f"--location={n.zone} --project={n.project}`"
+        )
+
+
+def _check_infra(stack: Stack, doc: Doc) -> None:
+    infra = doc.get("infra")
+    if not isinstance(infra, dict):
+        raise StackError(
+            f"stack '{stack.names.stack}' has no Google Cloud side yet (its state file has no "
+            "infra record). Fix: run `inv infra.up` first"
+        )
+    if not infra.get("converged"):
+        stack.console.print(
+            "[yellow]![/] the last `inv infra.up` did not finish; if a step below fails, "
+            "run it again first"
+        )
+
+
+def _save(stack: Stack, run: ServicesRun, report: Report | None) -> None:
+    """Record what is installed and release the lock in one write, also after a failure."""
+
+    def record(doc: Doc) -> None:
+        if report is not None:
+            previous = doc.get("services")
+            previous = previous if isinstance(previous, dict) else {}
+            charts = dict(previous.get("charts") or {})
+            for name, state in _release_states(report):
+                if name not in run.checksums:
+                    continue
+                if state.status is Status.DONE and state.outcome is not Outcome.DELETED:
+                    charts[name] = run.checksums[name]
+                elif state.status is Status.FAILED or state.outcome in (
+                    Outcome.DELETED,
+                    Outcome.GONE,
+                ):
+                    charts.pop(name, None)  # half-upgraded or gone: compare afresh next time
+            doc["services"] = {
+                "argo": stack.settings.deploy_argo,
+                "airflow": stack.settings.deploy_airflow,
+                "ok": report.ok,
+                "at": now(),
+                "steps": {
+                    name: (state.outcome.value if state.outcome else state.status.value)
+                    for name, state in report.states.items()
+                },
+                "charts": charts,
+            }
+        lock = doc.get("lock")
+        if isinstance(lock, dict) and lock.get("id") == stack.state.lock_id:
+            doc["lock"] = None
+
+    stack.state.update(record)
+
+
+def _release_states(report: Report) -> Iterator[tuple[str, Any]]:
+    for step_name, state in report.states.items():
+        kind, _, name = step_name.partition(":")
+        if kind in ("release", "remove"):
+            yield name, state
+
+
+def _summarise(stack: Stack, report: Report) -> None:
+    console = stack.console
+    if report.failed:
+        for state in report.failed:
+            error = state.error
+            reason = error.one_line() if isinstance(error, StackError) else repr(error)
+            console.print(f"[red]✘[/] {state.step.title} failed: {reason}", soft_wrap=True)
+        waiting = [s.step.title for s in report.states.values() if s.status is Status.NOT_STARTED]
+        if waiting:
+            console.print(f"  not started (they need what failed): {', '.join(waiting)}")
+        names = ", ".join(s.step.title for s in report.failed)
+        raise StackError(
+            f"services.up: {names} failed; everything independent of it finished. Fix the "
+            "cause above, then run `inv services.up` again (it keeps what is installed)"
+        ) from report.failed[0].error
+    changed = _by_outcome(report, Outcome.CREATED, Outcome.UPDATED)
+    removed = _by_outcome(report, Outcome.DELETED)
+    parts = []
+    if changed:
+        parts.append(f"installed or updated {', '.join(changed)}")
+    if removed:
+        parts.append(f"removed {', '.join(removed)}")
+    console.print(
+        f"[green]✔[/] services.up finished in {report.duration:.0f}s"
+        + (f": {'; '.join(parts)}." if parts else "; everything was already in place.")
+    )
+
+
+def _by_outcome(report: Report, *outcomes: Outcome) -> list[str]:
+    return [s.step.title for s in report.states.values() if s.outcome in outcomes]
