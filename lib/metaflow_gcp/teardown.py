@@ -1,0 +1,398 @@
+"""`inv teardown`: remove the stack in the order Google Cloud allows, losing no data by surprise.
+
+    Helm releases -> (GKE cluster || Cloud SQL instances) -> peering, range, subnet, network
+                  -> IAM bindings -> service accounts;  secret;  data bucket only with --delete-data
+
+The state bucket is never touched except to record what happened; the DB generation
+counter moves on as soon as the instance is deleted, so the next infra.up uses a fresh name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.errors import CommandError, NotFound, StackError
+from metaflow_gcp.gcp import gke, iam, network, sql, storage
+from metaflow_gcp.gcp.operations import follow
+from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
+from metaflow_gcp.kube import Helm, Kubectl
+from metaflow_gcp.state import Doc, now
+
+RELEASES = (  # (release, namespace), removed in this order
+    ("airflow", "airflow"),
+    ("metaflow-argo-events", "metaflow"),
+    ("argo-events", "argo-events"),
+    ("argo-workflows", "argo"),
+    ("metaflow", "metaflow"),
+)
+NAMESPACES = ("airflow", "argo", "argo-events", "metaflow")
+IN_USE_WAIT = 15 * 60.0  # peering and network deletes wait for the producers to let go
+DELETE_TIMEOUT = 30 * 60.0
+
+
+class Teardown:
+    def __init__(self, stack: Stack, *, delete_data: bool) -> None:
+        self.stack = stack
+        self.delete_data = delete_data
+        self.g = stack.gcloud
+        self.n = stack.names
+        self.deleted_generation = False
+        self._lock = threading.Lock()
+
+    # -- helm ------------------------------------------------------------------------------
+
+    def releases(self, run: StepRun) -> Outcome:
+        """Uninstall our releases first, so load balancers and disks go with them."""
+        if not self.stack.dry_run and gke.describe(self.g, self.n) is None:
+            run.note("cluster already gone; nothing to uninstall")
+            return Outcome.GONE
+        helm = Helm(self.stack.runner, self.n.kube_context)
+        kubectl = Kubectl(self.stack.runner, self.n.kube_context)
+        try:
+            installed = {(r["name"], r["namespace"]) for r in helm.releases()}
+        except (CommandError, StackError) as error:
+            self.stack.console.print(
+                f"[yellow]![/] the cluster did not answer ({error.one_line()}); "
+                "going on: deleting the cluster removes what was on it"
+            )
+            return Outcome.SKIPPED
+        ours = [r for r in RELEASES if r in installed or self.stack.dry_run]
+        if not ours:
+            return Outcome.GONE
+        run.before_change(f"uninstall Helm releases {', '.join(r for r, _ in ours)}")
+        for release, namespace in ours:
+            run.note(f"uninstalling {release}")
+            helm.run(
+                "uninstall",
+                release,
+                f"--namespace={namespace}",
+                "--wait",
+                "--timeout=10m",
+                timeout=900,
+            )
+        for namespace in NAMESPACES:  # PVCs (Airflow's DAG disk) go with their namespace
+            kubectl.run(
+                "delete",
+                "namespace",
+                namespace,
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=5m",
+                timeout=600,
+            )
+        return Outcome.DELETED
+
+    # -- the big two -------------------------------------------------------------------------
+
+    def cluster(self, run: StepRun) -> Outcome:
+        found = gke.describe(self.g, self.n)
+        if not self._exists(found):
+            return Outcome.GONE
+        run.before_change(f"delete GKE cluster {self.n.cluster}")
+        if (found or {}).get("status") != "STOPPING":
+            result = self.g.mutate(
+                "container",
+                "clusters",
+                "delete",
+                self.n.cluster,
+                f"--location={self.n.zone}",
+                "--quiet",
+                "--async",
+            )
+            if self.g.dry_run:
+                return Outcome.DELETED
+            del result
+        follow(
+            run,
+            f"deleting {self.n.cluster}",
+            lambda: self._gone(gke.describe(self.g, self.n)),
+            timeout=DELETE_TIMEOUT,
+        )
+        return Outcome.DELETED
+
+    def sql_instances(self, run: StepRun) -> Outcome:
+        found = (
+            self.g.read(
+                "sql",
+                "instances",
+                "list",
+                f"--filter=name:{self.n.sql_prefix}*",
+                dry=[{"name": self.n.sql_instance(self._generation())}],
+            )
+            or []
+        )
+        names = [str(i["name"]) for i in found if str(i["name"]).startswith(self.n.sql_prefix)]
+        if not names:
+            return Outcome.GONE
+        run.before_change(f"delete Cloud SQL instance {', '.join(names)} and its backups")
+        for name in names:
+            busy = sql.pending_operations(self.g, name)
+            for operation in busy:  # one operation per instance at a time: let it finish
+                sql.wait_operation(self.g, run, operation, f"{name}: finishing an operation")
+            result = self.g.mutate("sql", "instances", "delete", name, "--quiet", "--async")
+            if not self.g.dry_run:
+                sql.wait_operation(self.g, run, str(result.json()["name"]), f"deleting {name}")
+        self._bump()
+        return Outcome.DELETED
+
+    def _bump(self) -> None:
+        """Cloud SQL may keep the name reserved: the next infra.up must use a new one."""
+        new = self.stack.state.bump_db_generation(self.stack.settings.db_generation_number)
+        with self._lock:
+            self.deleted_generation = True
+        self.stack.console.print(
+            f"  the next Cloud SQL instance will be {self.n.sql_instance(new)}"
+        )
+
+    def _generation(self) -> int:
+        from metaflow_gcp.state import db_generation
+
+        doc = self.stack.state.last.data if self.stack.state.last else {}
+        return db_generation(doc, self.stack.settings.db_generation_number)
+
+    def _exists(self, found: object) -> bool:
+        """In a dry run nothing is looked up, so everything is shown as if it existed."""
+        return self.g.dry_run or found is not None
+
+    @staticmethod
+    def _gone(found: dict[str, Any] | None) -> tuple[bool, str]:
+        return (found is None, "DELETING" if found else "GONE")
+
+    # -- network -----------------------------------------------------------------------------
+
+    def _delete_in_use(self, run: StepRun, what: str, call: Callable[[], object]) -> None:
+        """Deletes that fail while a producer (SQL, GKE) still lets go are retried for a while."""
+
+        def attempt() -> tuple[bool, str]:
+            try:
+                call()
+            except NotFound:
+                return True, "GONE"
+            except CommandError as error:  # 400 in-use, or an operation that failed for it
+                text = error.stderr.lower()
+                if "in use" in text or "inuse" in text or "still using" in text:
+                    return False, "STILL IN USE"
+                raise
+            return True, "DELETED"
+
+        follow(run, what, attempt, timeout=IN_USE_WAIT)
+
+    def peering(self, run: StepRun) -> Outcome:
+        if not self.g.dry_run and not network.peerings(self.g, self.n):
+            return Outcome.GONE
+        run.before_change(f"delete private services access on {self.n.network}")
+        self._delete_in_use(
+            run,
+            "removing private services access",
+            lambda: self.g.mutate(
+                "services",
+                "vpc-peerings",
+                "delete",
+                f"--network={self.n.network}",
+                f"--service={network.SERVICE}",
+                "--quiet",
+                fmt=None,
+                timeout=1800,
+            ),
+        )
+        return Outcome.DELETED
+
+    def _simple(self, run: StepRun, kind: list[str], name: str, scope: list[str]) -> Outcome:
+        if not self._exists(self.g.describe(*kind, "describe", name, *scope)):
+            return Outcome.GONE
+        run.before_change(f"delete {' '.join(kind[1:])} {name}")
+        self._delete_in_use(
+            run,
+            f"deleting {name}",
+            lambda: self.g.mutate(*kind, "delete", name, *scope, "--quiet", fmt=None, timeout=900),
+        )
+        return Outcome.DELETED
+
+    def psa_range(self, run: StepRun) -> Outcome:
+        return self._simple(run, ["compute", "addresses"], self.n.psa_range, ["--global"])
+
+    def subnet(self, run: StepRun) -> Outcome:
+        return self._simple(
+            run, ["compute", "networks", "subnets"], self.n.subnet, [f"--region={self.n.region}"]
+        )
+
+    def network(self, run: StepRun) -> Outcome:
+        return self._simple(run, ["compute", "networks"], self.n.network, [])
+
+    # -- identity, secret, data ----------------------------------------------------------------
+
+    def bindings(self, run: StepRun) -> Outcome:
+        ours = {f"serviceAccount:{self.n.workload_sa}", f"serviceAccount:{self.n.node_sa}"}
+        policy = self.g.read("projects", "get-iam-policy", self.n.project, dry={}) or {}
+        if not self.g.dry_run and not any(
+            set(b.get("members", [])) & ours for b in policy.get("bindings", [])
+        ):
+            return Outcome.GONE
+        run.before_change("remove the stack's project IAM bindings")
+        iam.set_policy(self.g, ["projects", self.n.project], iam.without_members(policy, ours))
+        return Outcome.DELETED
+
+    def accounts(self, run: StepRun) -> Outcome:
+        have = iam.existing_accounts(self.g)
+        ours = [e for e in (self.n.workload_sa, self.n.node_sa) if e in have or self.g.dry_run]
+        if not ours:
+            return Outcome.GONE
+        run.before_change(f"delete service accounts {', '.join(ours)}")
+        for email in ours:
+            self.g.mutate("iam", "service-accounts", "delete", email, "--quiet", fmt=None)
+        return Outcome.DELETED
+
+    def secret(self, run: StepRun) -> Outcome:
+        return self._plain(run, ["secrets"], self.n.db_secret)
+
+    def _plain(self, run: StepRun, kind: list[str], name: str) -> Outcome:
+        if not self._exists(self.g.describe(*kind, "describe", name)):
+            return Outcome.GONE
+        run.before_change(f"delete {kind[0].rstrip('s')} {name}")
+        self.g.mutate(*kind, "delete", name, "--quiet", fmt=None)
+        return Outcome.DELETED
+
+    def data_bucket(self, run: StepRun) -> Outcome:
+        if not self._exists(storage.describe(self.g, self.n)):
+            return Outcome.GONE
+        run.before_change(f"EMPTY AND DELETE gs://{self.n.data_bucket} (--delete-data)")
+        self.g.mutate(
+            "storage", "rm", "--recursive", f"gs://{self.n.data_bucket}", fmt=None, timeout=3600
+        )
+        return Outcome.DELETED
+
+    # -- the graph ------------------------------------------------------------------------------
+
+    def steps(self) -> list[Step]:
+        n = self.n
+        steps = [
+            Step("releases", "Helm releases", self.releases),
+            Step("gke", f"GKE cluster {n.cluster}", self.cluster, ("releases",)),
+            Step("sql", "Cloud SQL instances", self.sql_instances, ("releases",)),
+            Step("peering", "private services access", self.peering, ("sql",)),
+            Step("psa_range", f"range {n.psa_range}", self.psa_range, ("peering",)),
+            Step("subnet", f"subnet {n.subnet}", self.subnet, ("gke",)),
+            Step(
+                "network", f"network {n.network}", self.network, ("subnet", "psa_range", "peering")
+            ),
+            Step("bindings", "IAM bindings", self.bindings, ("gke", "sql")),
+            Step("accounts", "service accounts", self.accounts, ("bindings",)),
+            Step("secret", f"secret {n.db_secret}", self.secret, ("sql",)),
+        ]
+        if self.delete_data:
+            steps.append(
+                Step(
+                    "bucket", f"bucket gs://{n.data_bucket}", self.data_bucket, ("releases", "gke")
+                )
+            )
+        return steps
+
+
+def run(stack: Stack, *, delete_data: bool = False, force_unlock: bool = False) -> Report:
+    console = stack.console
+    if not stack.dry_run and not stack.assume_yes and not stack.interactive():
+        raise StackError(
+            "teardown deletes resources and needs a confirmation. Fix: run it on a terminal "
+            "(you will type the stack name), or pass --yes"
+        )
+    preflight(stack, "gcloud")
+    work = Teardown(stack, delete_data=delete_data)
+    if stack.interactive() and not stack.assume_yes and not stack.dry_run:
+        stack.state.peek()
+        preview = run_steps(
+            work.steps(),
+            console=console,
+            title="What teardown would delete",
+            plan=True,
+            keep_going=True,
+        )
+        _print_preview(stack, preview, delete_data)
+        if not any(s.outcome is Outcome.PLANNED for s in preview.states.values()):
+            console.print("Nothing to delete.")
+        from rich.prompt import Prompt
+
+        typed = Prompt.ask(
+            f"Type the stack name ([bold]{stack.names.stack}[/]) to delete it", console=console
+        )
+        if typed.strip() != stack.names.stack:
+            raise StackError("nothing was deleted (the stack name did not match)")
+    held = threading.Event()
+
+    def take_lock() -> None:
+        stack.state.acquire("teardown", force=force_unlock)
+        held.set()
+
+    if stack.dry_run:
+        console.print(
+            f"[bold]Dry run[/]: the commands teardown would run for stack "
+            f"'{stack.names.stack}' (nothing is called):"
+        )
+        take_lock()
+    report: Report | None = None
+    try:
+        report = run_steps(
+            work.steps(),
+            console=console,
+            title=f"teardown: {stack.names.stack}",
+            gate=None if stack.dry_run else take_lock,
+            dry_run=stack.dry_run,
+        )
+    finally:
+        if held.is_set():
+            _save(stack, report)
+    report.raise_for_failure()
+    if not stack.dry_run:
+        _summary(stack, report, delete_data)
+    return report
+
+
+def _print_preview(stack: Stack, preview: Report, delete_data: bool) -> None:
+    console = stack.console
+    for state in preview.states.values():
+        if state.outcome is Outcome.PLANNED:
+            console.print(f"  [red]-[/] {state.note}")
+    console.print(f"  [green]kept[/]: state bucket gs://{stack.names.state_bucket}")
+    if not delete_data:
+        console.print(
+            f"  [green]kept[/]: datastore gs://{stack.names.data_bucket} "
+            "(pass --delete-data to delete it)"
+        )
+
+
+def _save(stack: Stack, report: Report | None) -> None:
+    def record(doc: Doc) -> None:
+        if report is not None and report.ok:
+            doc["infra"] = None  # nothing of it is left: the next infra.up starts cold
+        else:
+            doc["infra"] = {**(doc.get("infra") or {}), "converged": None}
+        doc["services"] = None
+        doc["teardown"] = {
+            "at": now(),
+            "ok": bool(report and report.ok),
+            "steps": {
+                k: (v.value if v else None)
+                for k, v in (report.outcomes() if report else {}).items()
+            },
+        }
+        if doc.get("lock") and doc["lock"].get("id") == stack.state.lock_id:
+            doc["lock"] = None
+
+    stack.state.update(record)
+
+
+def _summary(stack: Stack, report: Report, delete_data: bool) -> None:
+    console = stack.console
+    deleted = [s.step.title for s in report.states.values() if s.outcome is Outcome.DELETED]
+    console.print(
+        f"[green]✔[/] teardown finished in {report.duration:.0f}s"
+        + (f": deleted {', '.join(deleted)}." if deleted else "; nothing was left.")
+    )
+    console.print(f"  kept: state gs://{stack.names.state_bucket}/{stack.names.state_object}")
+    if not delete_data:
+        console.print(
+            f"  kept: your data in gs://{stack.names.data_bucket} "
+            "(`inv teardown --delete-data` removes it)"
+        )
