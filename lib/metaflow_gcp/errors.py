@@ -146,6 +146,8 @@ class StepFailed(StackError):
 
 
 _ERROR_LINE = re.compile(r"^ERROR: (?:\([\w.-]+\) )?(.*)$")
+# gcloud appends where its token came from to every error; it says nothing about the error.
+_AUTH_NOISE = re.compile(r"\s*This command is authenticated with .*$")
 
 
 def _last_error_line(stderr: str) -> str:
@@ -154,7 +156,7 @@ def _last_error_line(stderr: str) -> str:
     for line in lines:
         match = _ERROR_LINE.match(line)
         if match:
-            return match.group(1).strip()
+            return _AUTH_NOISE.sub("", match.group(1)).strip()
     return lines[-1] if lines else ""
 
 

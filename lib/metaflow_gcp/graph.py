@@ -43,7 +43,15 @@ class Interrupted(StackError):
 
 
 class PlannedChange(Exception):
-    """Raised by the plan gate: the step would change something here."""
+    """Raised by the plan gate: the step would change something here.
+
+    new: the change brings a resource into existence, so what is built on it cannot be
+    looked at yet (a plan marks those steps planned without running them).
+    """
+
+    def __init__(self, what: str, *, new: bool) -> None:
+        super().__init__(what)
+        self.new = new
 
 
 class Status(StrEnum):
@@ -65,12 +73,13 @@ class StepRun:
         """Say what the step is doing now (e.g. which operation it waits on)."""
         self._graph.note(self.name, text)
 
-    def before_change(self, what: str = "change") -> None:
+    def before_change(self, what: str = "change", *, new: bool = True) -> None:
         """Call right before a mutation: waits for the gate (the lock), raises if it failed.
 
-        In a plan, this is where the step stops: `what` becomes the plan's line.
+        In a plan, this is where the step stops: `what` becomes the plan's line. new=False
+        for changes to something that exists (grants, fixes), which later steps can look at.
         """
-        self._graph.pass_gate(what)
+        self._graph.pass_gate(what, new=new)
 
     @property
     def stopping(self) -> bool:
@@ -101,6 +110,7 @@ class StepState:
     outcome: Outcome | None = None
     error: BaseException | None = None
     note: str = ""
+    planned_new: bool = False
     started: float | None = None
     finished: float | None = None
 
@@ -218,9 +228,9 @@ class GraphRun:
         finally:
             self._gate_done.set()
 
-    def pass_gate(self, what: str) -> None:
+    def pass_gate(self, what: str, *, new: bool = True) -> None:
         if self.plan:
-            raise PlannedChange(what)
+            raise PlannedChange(what, new=new)
         self._gate_done.wait()
         if self._gate_error is not None:
             raise self._gate_error
@@ -275,6 +285,17 @@ class GraphRun:
                 self.view.stop()
         return Report(self.states, time.monotonic() - started, interrupted, self._gate_error)
 
+    def _plan_after(self, state: StepState, parent: StepState) -> Outcome:
+        with self._lock:
+            state.status = Status.DONE
+            state.outcome = Outcome.PLANNED
+            state.planned_new = True
+            state.note = f"create {state.step.title} (after {parent.step.title})"
+            state.started = state.finished = time.monotonic()
+        if self.view:
+            self.view.event(state, f"would {state.note}")
+        return Outcome.PLANNED
+
     def _ready(self, running: dict[Future[Outcome], str]) -> list[Step]:
         in_flight = set(running.values())
         ready = []
@@ -288,6 +309,10 @@ class GraphRun:
 
     def _execute(self, step: Step) -> Outcome:
         state = self.states[step.name]
+        if self.plan:
+            parents = [self.states[n] for n in step.needs if self.states[n].planned_new]
+            if parents:  # built on something that does not exist yet: nothing to look at
+                return self._plan_after(state, parents[0])
         with self._lock:
             state.status = Status.RUNNING
             state.started = time.monotonic()
@@ -300,6 +325,7 @@ class GraphRun:
                 state.status = Status.DONE
                 state.outcome = Outcome.PLANNED
                 state.note = str(change)
+                state.planned_new = change.new
                 state.finished = time.monotonic()
             if self.view:
                 self.view.event(state, f"would {change}")
@@ -441,9 +467,8 @@ def run_steps(
     keep_going: a failure stops only the steps that need the failed one (independent Helm
     releases still finish); by default nothing new starts after a failure.
     """
-    if dry_run:
-        ordered = topological(steps)
-        return GraphRun(ordered, view=None, gate=gate, sequential=True).run()
+    if dry_run:  # one at a time, each step as early in the listed order as its needs allow
+        return GraphRun(steps, view=None, gate=gate, sequential=True).run()
     view = make_view(console, title)
     return GraphRun(
         steps, view=view, gate=gate, max_workers=max_workers, plan=plan, keep_going=keep_going

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from metaflow_gcp.app import Stack
-from metaflow_gcp.errors import StackError
+from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.errors import MissingTool, NotAuthenticated, StackError
 from metaflow_gcp.gcp import apis, gke, iam, network, secrets, sql, storage
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.state import Doc, db_generation, now
@@ -43,10 +43,28 @@ _INFRA_KEYS = (
 class InfraRun:
     """The shared, thread-safe bits the steps of one run need: the generation and state."""
 
-    def __init__(self, stack: Stack, doc: Doc) -> None:
+    def __init__(self, stack: Stack, doc: Doc, *, describe_first: bool = False) -> None:
         self.stack = stack
         self.doc = doc
+        # Never built, or torn down: create first and let "already exists" mean "look".
+        # A plan, --refresh, or a stack with history describes every resource first.
+        self.cold = not describe_first and not doc.get("infra")
+        self._password: str | None = None
         self._lock = threading.Lock()
+
+    def remember_password(self, password: str) -> None:
+        with self._lock:
+            self._password = password
+
+    def password(self) -> str:
+        """The DB password: kept from the secret step of this run, else read from the secret."""
+        with self._lock:
+            known = self._password
+        return (
+            known
+            if known is not None
+            else secrets.read_password(self.stack.gcloud, self.stack.names)
+        )
 
     def generation(self) -> int:
         with self._lock:
@@ -67,7 +85,8 @@ class InfraRun:
         return new
 
     def user_ready(self) -> bool:
-        return bool(self.doc.get("infra", {}).get("sql_user_ready") == self.instance())
+        infra = self.doc.get("infra") or {}
+        return bool(infra.get("sql_user_ready") == self.instance())
 
 
 def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
@@ -78,63 +97,90 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
     ) -> Step:
         return Step(name, title, action, needs)
 
+    cold = run.cold
     return [
-        step("apis", "APIs", (), lambda r: apis.ensure(g, r)),
+        step("apis", "APIs", (), lambda r: apis.ensure(g, r, cold=cold)),
         step(
-            "network", f"network {n.network}", ("apis",), lambda r: network.ensure_network(g, n, r)
+            "network",
+            f"network {n.network}",
+            ("apis",),
+            lambda r: network.ensure_network(g, n, r, cold=cold),
         ),
         step(
             "subnet",
             f"subnet {n.subnet}",
             ("network",),
-            lambda r: network.ensure_subnet(g, s, n, r),
+            lambda r: network.ensure_subnet(g, s, n, r, cold=cold),
         ),
         step(
             "psa_range",
             f"range {n.psa_range}",
             ("network",),
-            lambda r: network.ensure_psa_range(g, n, r),
+            lambda r: network.ensure_psa_range(g, n, r, cold=cold),
         ),
         step(
             "peering",
             "private services access",
             ("psa_range",),
-            lambda r: network.ensure_peering(g, n, r),
+            lambda r: network.ensure_peering(g, n, r, cold=cold),
         ),
         step(
-            "bucket", f"bucket gs://{n.data_bucket}", ("apis",), lambda r: storage.ensure(g, n, r)
+            "bucket",
+            f"bucket gs://{n.data_bucket}",
+            ("apis",),
+            lambda r: storage.ensure(g, n, r, cold=cold),
         ),
-        step("accounts", "service accounts", ("apis",), lambda r: iam.ensure_accounts(g, n, r)),
+        step(
+            "accounts",
+            "service accounts",
+            ("apis",),
+            lambda r: iam.ensure_accounts(g, n, r, cold=cold),
+        ),
         step(
             "project_iam",
             "IAM roles",
             ("accounts",),
             lambda r: iam.ensure_project_bindings(g, n, r),
         ),
-        step("secret", f"secret {n.db_secret}", ("apis",), lambda r: secrets.ensure(g, n, r)),
+        step(
+            "secret",
+            f"secret {n.db_secret}",
+            ("apis",),
+            lambda r: secrets.ensure(g, n, r, cold=cold, remember=run.remember_password),
+        ),
         step(
             "sql_instance",
             "Cloud SQL instance",
             ("peering",),
-            lambda r: sql.ensure_instance(g, s, n, r, generation=run.generation, bump=run.bump),
+            lambda r: sql.ensure_instance(
+                g, s, n, r, generation=run.generation, bump=run.bump, cold=cold
+            ),
         ),
         step(
             "sql_database",
             f"database {n.database}",
             ("sql_instance",),
-            lambda r: sql.ensure_database(g, n, run.instance(), r),
+            lambda r: sql.ensure_database(g, n, run.instance(), r, cold=cold),
         ),
         step(
             "sql_user",
             f"database user {n.db_user}",
             ("sql_database", "secret"),
-            lambda r: sql.ensure_user(g, n, run.instance(), r, password_known_set=run.user_ready()),
+            lambda r: sql.ensure_user(
+                g,
+                n,
+                run.instance(),
+                r,
+                password_known_set=run.user_ready(),
+                password=run.password,
+                cold=cold,
+            ),
         ),
         step(
             "gke",
             f"GKE cluster {n.cluster}",
             ("subnet", "project_iam"),
-            lambda r: gke.ensure_cluster(g, s, n, r),
+            lambda r: gke.ensure_cluster(g, s, n, r, cold=cold),
         ),
         step(
             "credentials",
@@ -188,18 +234,23 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
                 iam_f.result(),
                 bucket_f.result(),
             )
+        except (NotAuthenticated, MissingTool):
+            raise  # the preflight answer: say it now, in one line
         except StackError:
             return None, False
     generation = db_generation(doc or {}, s.db_generation_number)
     instance = next((i for i in instances if i.get("name") == n.sql_instance(generation)), None)
-    # If there is work to do, the steps reuse these answers instead of asking again.
-    g.prime(instance, "sql", "instances", "describe", n.sql_instance(generation))
-    g.prime(cluster, "container", "clusters", "describe", n.cluster, f"--location={n.zone}")
-    g.prime(project_policy, "projects", "get-iam-policy", n.project)
-    g.prime(bucket, "storage", "buckets", "describe", f"gs://{n.data_bucket}")
+    infra = (doc or {}).get("infra") or {}
+    if infra:
+        # Work remains on a stack built before: its steps describe first, and the first
+        # describe of each of these reuses the answer read a moment ago. (A cold stack
+        # creates first and never describes before it changes, so nothing is primed.)
+        g.prime(instance, "sql", "instances", "describe", n.sql_instance(generation))
+        g.prime(cluster, "container", "clusters", "describe", n.cluster, f"--location={n.zone}")
+        g.prime(project_policy, "projects", "get-iam-policy", n.project)
+        g.prime(bucket, "storage", "buckets", "describe", f"gs://{n.data_bucket}")
     if doc is None:
         return None, False
-    infra = doc.get("infra") or {}
     ok = (
         infra.get("converged") == fingerprint(stack, generation)
         and infra.get("sql_user_ready") == n.sql_instance(generation)
@@ -230,7 +281,7 @@ def _kubeconfig(stack: Stack) -> Any:
 def plan(stack: Stack) -> Report:
     """Read-only: describe everything and say what up would create, keep, or finds different."""
     doc = stack.state.peek() or {}
-    run = InfraRun(stack, doc)
+    run = InfraRun(stack, doc, describe_first=True)
     report = run_steps(
         build_steps(stack, run), console=stack.console, title="Plan (read-only)", plan=True
     )
@@ -275,12 +326,13 @@ def up(stack: Stack, *, force_unlock: bool = False, refresh: bool = False) -> Re
             f"[bold]Dry run[/]: the commands infra.up would run for stack "
             f"'{stack.names.stack}' (nothing is called):"
         )
-        report = _apply(stack, None, force_unlock=force_unlock)
+        report = _apply(stack, None, force_unlock=force_unlock, refresh=refresh)
         mutating = sum(1 for r in stack.runner.history if r.mutating)
         reads = len(stack.runner.history) - mutating
         console.print(f"{mutating} changing commands and {reads} reads would run.")
         return report
 
+    preflight(stack, "gcloud")
     doc, done = (None, False) if refresh else quick_check(stack)
     if done:
         console.print(
@@ -294,7 +346,7 @@ def up(stack: Stack, *, force_unlock: bool = False, refresh: bool = False) -> Re
             pass  # only state bookkeeping is left; go on without asking
         elif not _confirm(stack, "Create these resources?"):
             raise StackError("nothing was changed (not confirmed)")
-    return _apply(stack, doc, force_unlock=force_unlock)
+    return _apply(stack, doc, force_unlock=force_unlock, refresh=refresh)
 
 
 def _confirm(stack: Stack, question: str) -> bool:
@@ -303,9 +355,9 @@ def _confirm(stack: Stack, question: str) -> bool:
     return bool(Confirm.ask(question, console=stack.console, default=False))
 
 
-def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool) -> Report:
+def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool, refresh: bool) -> Report:
     state, console = stack.state, stack.console
-    run = InfraRun(stack, dict(doc or {}))
+    run = InfraRun(stack, dict(doc or {}), describe_first=refresh)
     held = threading.Event()
 
     def take_lock() -> None:
@@ -349,7 +401,7 @@ def _save(stack: Stack, run: InfraRun, report: Report | None) -> None:
     generation = run.generation()
 
     def record(doc: Doc) -> None:
-        infra = doc.setdefault("infra", {})
+        infra = doc["infra"] = doc.get("infra") or {}
         doc["db_generation"] = max(int(doc.get("db_generation", 0)), generation)
         if outcomes.get("sql_user") in (Outcome.CREATED, Outcome.UPDATED, Outcome.KEPT):
             infra["sql_user_ready"] = run.instance()

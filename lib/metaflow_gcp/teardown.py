@@ -9,6 +9,7 @@ counter moves on as soon as the instance is deleted, so the next infra.up uses a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -258,10 +259,20 @@ class Teardown:
     def data_bucket(self, run: StepRun) -> Outcome:
         if not self._exists(storage.describe(self.g, self.n)):
             return Outcome.GONE
-        run.before_change(f"EMPTY AND DELETE gs://{self.n.data_bucket} (--delete-data)")
-        self.g.mutate(
-            "storage", "rm", "--recursive", f"gs://{self.n.data_bucket}", fmt=None, timeout=3600
-        )
+        url = f"gs://{self.n.data_bucket}"
+        run.before_change(f"EMPTY AND DELETE {url} (--delete-data)")
+        run.note(f"deleting every object in {url}")
+        with contextlib.suppress(NotFound):  # NotFound: already empty
+            self.g.mutate(
+                "storage",
+                "rm",
+                "--recursive",
+                "--all-versions",
+                f"{url}/**",
+                fmt=None,
+                timeout=3600,
+            )
+        self.g.mutate("storage", "buckets", "delete", url, fmt=None)
         return Outcome.DELETED
 
     # -- the graph ------------------------------------------------------------------------------

@@ -7,14 +7,19 @@ checks a whole behaviour.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from metaflow_gcp import infra
-from metaflow_gcp.errors import LockHeld, StackError
+from metaflow_gcp.errors import LockHeld, NotAuthenticated, StackError
 from metaflow_gcp.graph import Outcome
 from tests.fakes.plugin import FakeCloud
 from tests.integration.stacks import make_stack, output
@@ -22,6 +27,7 @@ from tests.integration.stacks import make_stack, output
 pytestmark = pytest.mark.integration
 
 ZONE, CLUSTER, INSTANCE = "us-west2-a", "mf-it", "mf-it-pg-0"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def db_password(fake: FakeCloud) -> str:
@@ -42,8 +48,12 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     report = infra.up(stack)
     assert report is not None and report.ok, output(stack)
     outcomes = report.outcomes()
-    assert outcomes.pop("apis") is Outcome.KEPT  # the fixture enables every API
     assert set(outcomes.values()) <= {Outcome.CREATED, Outcome.UPDATED}, outcomes
+    # A stack never built before is created straight away: no describe before each create.
+    describes = [r.command for r in stack.runner.history if " describe " in r.command]
+    for resource in ("networks describe", "subnets describe", "addresses describe",
+                     "sql instances describe", "secrets describe"):
+        assert not any(resource in command for command in describes), describes
 
     state = fake_cloud.state
     instance = state["sql_instances"][INSTANCE]
@@ -185,3 +195,65 @@ def test_dry_run_makes_no_request_at_all(fake_cloud: FakeCloud) -> None:
     assert len(fake_cloud.requests) == 0
     assert "gcloud sql instances create mf-it-pg-0" in output(stack)
     assert all(r.dry_run for r in stack.runner.history)
+
+
+def test_ctrl_c_mid_run_saves_state_and_a_rerun_resumes_the_operation(
+    fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    fake_cloud.set_latency("sql.instances.insert", 20.0)
+    var_file = tmp_path / "it.tfvars"
+    var_file.write_text('org_prefix = "acme"\nproject = "fake-project"\nstack = "it"\n')
+    command = [sys.executable, "-m", "invoke", "infra.up", "--yes", f"--var-file={var_file}"]
+    env = {**os.environ, **fake_cloud.env}
+    run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not fake_cloud.requests.of_kind("sql.instances.insert"):
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    out, err = run.communicate(timeout=180)
+    assert run.returncode == 130, out + err
+    assert "interrupted" in err and "resume" in err
+
+    again = make_stack(fake_cloud)
+    report = infra.up(again)
+    assert report is not None and report.ok, output(again)
+    assert len(fake_cloud.requests.of_kind("sql.instances.insert")) == 1, "waited on, not repeated"
+    assert list(fake_cloud.state["sql_instances"]) == [INSTANCE]
+
+
+def test_plan_is_read_only_and_names_what_would_be_created_then_what_differs(
+    fake_cloud: FakeCloud,
+) -> None:
+    empty = make_stack(fake_cloud)
+    report = infra.plan(empty)
+    outcomes = report.outcomes()
+    assert outcomes.pop("apis") is Outcome.KEPT  # the fixture enables every API
+    assert set(outcomes.values()) == {Outcome.PLANNED}
+    assert "create Cloud SQL instance (after private services access)" in output(empty)
+    assert "create VPC network mf-it-vpc" in output(empty)
+    assert fake_cloud.requests.mutating() == []
+
+    assert infra.up(make_stack(fake_cloud)).ok  # type: ignore[union-attr]
+    with fake_cloud.api.lock:  # someone turns on a public IP by hand
+        fake_cloud.api.state["sql_instances"][INSTANCE]["settings"]["ipConfiguration"][
+            "ipv4Enabled"] = True
+    before = len(fake_cloud.requests)
+    drifted = make_stack(fake_cloud)
+    report = infra.plan(drifted)
+    assert Outcome.PLANNED not in report.outcomes().values()
+    assert "mf-it-pg-0 has a public IP" in output(drifted)
+    assert [r for r in fake_cloud.requests[before:] if r.is_mutating] == []
+
+
+def test_not_logged_in_is_one_line_saying_how_to_log_in(fake_cloud: FakeCloud) -> None:
+    env = {k: v for k, v in fake_cloud.env.items() if k != "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"}
+    stack = make_stack(fake_cloud)
+    stack.runner.env = env
+    with pytest.raises(NotAuthenticated) as caught:
+        infra.up(stack)
+    line = caught.value.one_line()
+    assert "\n" not in line and "gcloud auth login" in line
+    assert fake_cloud.requests.mutating() == []

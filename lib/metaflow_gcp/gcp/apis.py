@@ -28,11 +28,12 @@ def missing(gcloud: Gcloud) -> list[str]:
     return [api for api in REQUIRED if api not in have]
 
 
-def ensure(gcloud: Gcloud, run: StepRun) -> Outcome:
-    todo = missing(gcloud)
+def ensure(gcloud: Gcloud, run: StepRun, *, cold: bool = False) -> Outcome:
+    """Enable what is missing; on a cold stack enable all at once (a no-op for enabled ones)."""
+    todo = list(REQUIRED) if cold else missing(gcloud)
     if not todo:
         return Outcome.KEPT
-    run.before_change()
+    run.before_change(f"enable {', '.join(a.split('.')[0] for a in todo)}", new=False)
     run.note(f"enabling {len(todo)} APIs")
     gcloud.mutate("services", "enable", *todo, timeout=1200, fmt=None)
     return Outcome.CREATED

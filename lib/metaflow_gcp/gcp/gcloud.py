@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from metaflow_gcp.errors import NotFound
+from metaflow_gcp.errors import AlreadyExists, NotFound
+from metaflow_gcp.graph import Outcome, StepRun
 from metaflow_gcp.shell import Result, Runner
 
 
@@ -89,3 +91,27 @@ class Gcloud:
         """A read whose output is a secret: registered for redaction, never logged."""
         result = self.runner.run(self._argv(args, None), mutating=False, secret_output=True)
         return result.stdout
+
+
+def create_or_keep(
+    run: StepRun,
+    what: str,
+    create: Callable[[], object],
+    describe: Callable[[], object | None],
+    *,
+    cold: bool,
+) -> Outcome:
+    """Describe, then create what is missing.
+
+    cold: the state file has never seen this stack built (or saw it torn down), so the
+    resource is almost surely absent: create straight away and let "already exists"
+    mean it is there. Same end state, one gcloud process fewer on the critical path.
+    """
+    if not cold and describe() is not None:
+        return Outcome.KEPT
+    run.before_change(what)
+    try:
+        create()
+    except AlreadyExists:
+        return Outcome.KEPT
+    return Outcome.CREATED

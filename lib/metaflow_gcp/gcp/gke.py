@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp.config import Names, Settings
-from metaflow_gcp.errors import StackError
+from metaflow_gcp.errors import AlreadyExists, StackError
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.gcp.operations import OperationFailed, follow
 from metaflow_gcp.graph import Outcome, StepRun
@@ -67,8 +67,10 @@ def _wait_running(gcloud: Gcloud, n: Names, run: StepRun, what: str) -> None:
     follow(run, what, poll, timeout=CREATE_TIMEOUT)
 
 
-def ensure_cluster(gcloud: Gcloud, s: Settings, n: Names, run: StepRun) -> Outcome:
-    found = describe(gcloud, n)
+def ensure_cluster(
+    gcloud: Gcloud, s: Settings, n: Names, run: StepRun, *, cold: bool = False
+) -> Outcome:
+    found = None if cold else describe(gcloud, n)
     if found is not None:
         status = found.get("status")
         if status in ("PROVISIONING", "RECONCILING"):
@@ -85,9 +87,14 @@ def ensure_cluster(gcloud: Gcloud, s: Settings, n: Names, run: StepRun) -> Outco
         return Outcome.KEPT
     run.before_change(f"create GKE cluster {n.cluster} in {n.zone} ({s.node_machine_type})")
     run.note(f"creating {n.cluster}")
-    gcloud.mutate(
-        "container", "clusters", "create", n.cluster, *create_flags(s, n), "--async", fmt=None
-    )
+    try:
+        gcloud.mutate(
+            "container", "clusters", "create", n.cluster, *create_flags(s, n), "--async", fmt=None
+        )
+    except AlreadyExists:
+        if cold:  # it was there after all: look at it the normal way
+            return ensure_cluster(gcloud, s, n, run)
+        raise
     if gcloud.dry_run:
         return Outcome.CREATED
     # The cluster's own status is the operation's outcome: PROVISIONING, then RUNNING or ERROR.

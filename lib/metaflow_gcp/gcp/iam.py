@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp.config import Names
-from metaflow_gcp.errors import ConcurrentChange, InvalidArgument, StackError
+from metaflow_gcp.errors import AlreadyExists, ConcurrentChange, InvalidArgument, StackError
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.graph import Outcome, StepRun
 
@@ -86,19 +86,26 @@ def existing_accounts(gcloud: Gcloud) -> set[str]:
     return {str(a["email"]) for a in found}
 
 
-def ensure_accounts(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
-    have = existing_accounts(gcloud)
+def ensure_accounts(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
+    have = set() if cold else existing_accounts(gcloud)
     todo = {
-        i: d
-        for i, d in accounts(n).items()
-        if f"{i}@{n.project}.iam.gserviceaccount.com" not in have
+        account_id: display
+        for account_id, display in accounts(n).items()
+        if f"{account_id}@{n.project}.iam.gserviceaccount.com" not in have
     }
     if not todo:
         return Outcome.KEPT
     run.before_change(f"create service accounts {', '.join(todo)}")
+    made = 0
     for account_id, display in todo.items():
-        gcloud.mutate("iam", "service-accounts", "create", account_id, f"--display-name={display}")
-    return Outcome.CREATED
+        try:
+            gcloud.mutate(
+                "iam", "service-accounts", "create", account_id, f"--display-name={display}"
+            )
+            made += 1
+        except AlreadyExists:
+            pass
+    return Outcome.CREATED if made else Outcome.KEPT
 
 
 # -- policy edits -----------------------------------------------------------------------
@@ -185,7 +192,7 @@ def edit_policy(
         add = missing_bindings(policy, wanted)
         if not add:
             return Outcome.KEPT if attempt == 0 else Outcome.UPDATED
-        run.before_change(f"grant {', '.join(sorted({b.role for b in add}))} ({what})")
+        run.before_change(f"grant {', '.join(sorted({b.role for b in add}))} ({what})", new=False)
         try:
             set_policy(gcloud, target, with_bindings(policy, add))
             if gcloud.dry_run:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets as random_source
+from collections.abc import Callable
 
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import NotFound
-from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
 from metaflow_gcp.graph import Outcome, StepRun
 
 PASSWORD_BYTES = 24
@@ -16,23 +17,40 @@ def new_password() -> str:
     return random_source.token_urlsafe(PASSWORD_BYTES)
 
 
-def ensure(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
-    if gcloud.describe("secrets", "describe", n.db_secret) is not None:
-        return Outcome.KEPT
-    run.before_change(f"create secret {n.db_secret}")
+def ensure(
+    gcloud: Gcloud,
+    n: Names,
+    run: StepRun,
+    *,
+    cold: bool = False,
+    remember: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Make the secret with a fresh password; `remember` gets it, so no one reads it back."""
     password = new_password()
-    gcloud.runner.add_secret(password)
-    gcloud.mutate(
-        "secrets",
-        "create",
-        n.db_secret,
-        "--replication-policy=automatic",
-        "--data-file=-",
-        f"--labels=stack={n.stack},managed-by=metaflow-gcp",
-        stdin=password,
-        fmt=None,
+
+    def create() -> None:
+        gcloud.runner.add_secret(password)
+        gcloud.mutate(
+            "secrets",
+            "create",
+            n.db_secret,
+            "--replication-policy=automatic",
+            "--data-file=-",
+            f"--labels=stack={n.stack},managed-by=metaflow-gcp",
+            stdin=password,
+            fmt=None,
+        )
+
+    outcome = create_or_keep(
+        run,
+        f"create secret {n.db_secret}",
+        create,
+        lambda: gcloud.describe("secrets", "describe", n.db_secret),
+        cold=cold,
     )
-    return Outcome.CREATED
+    if outcome is Outcome.CREATED and remember is not None:
+        remember(password)
+    return outcome
 
 
 def read_password(gcloud: Gcloud, n: Names) -> str:

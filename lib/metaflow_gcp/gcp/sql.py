@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 
 from metaflow_gcp.config import Names, Settings
 from metaflow_gcp.errors import AlreadyExists, OperationInProgress, StackError
-from metaflow_gcp.gcp import secrets
-from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
 from metaflow_gcp.gcp.operations import OperationFailed, follow
 from metaflow_gcp.graph import Outcome, StepRun
 
@@ -82,14 +81,17 @@ def ensure_instance(
     *,
     generation: Callable[[], int],
     bump: Callable[[], int],
+    cold: bool = False,
 ) -> Outcome:
     """Create the instance named after the current generation; on a reserved name, move on.
 
-    generation/bump read and advance the counter in the state file.
+    generation/bump read and advance the counter in the state file. cold: try the create
+    first; a 409 then means "exists" (describe shows it) or "reserved" (describe does not).
     """
     name = n.sql_instance(generation())
+    look = not cold
     while True:
-        found = describe(gcloud, name)
+        found = describe(gcloud, name) if look else None
         if found is not None:
             return _existing(gcloud, s, n, run, name, found)
         run.before_change(f"create Cloud SQL instance {name} ({s.db_version}, {s.db_tier})")
@@ -99,6 +101,9 @@ def ensure_instance(
                 "sql", "instances", "create", name, *create_flags(s, n), "--async"
             )
         except AlreadyExists:
+            if not look:  # we did not look first: maybe it is simply there
+                look = True
+                continue
             # The name is held by an instance deleted recently (or one we cannot see).
             new_name = n.sql_instance(bump())
             run.note(f"{name} is reserved by a deleted instance; using {new_name}")
@@ -142,22 +147,36 @@ def _retry_busy(run: StepRun, call: Callable[[], T]) -> T:
             run.sleep(5)
 
 
-def ensure_database(gcloud: Gcloud, n: Names, instance: str, run: StepRun) -> Outcome:
-    found = gcloud.read("sql", "databases", "list", f"--instance={instance}", dry=[]) or []
-    if any(d.get("name") == n.database for d in found):
-        return Outcome.KEPT
-    run.before_change(f"create database {n.database} on {instance}")
-    _retry_busy(
+def ensure_database(
+    gcloud: Gcloud, n: Names, instance: str, run: StepRun, *, cold: bool = False
+) -> Outcome:
+    def present() -> object | None:
+        found = gcloud.read("sql", "databases", "list", f"--instance={instance}", dry=[]) or []
+        return True if any(d.get("name") == n.database for d in found) else None
+
+    return create_or_keep(
         run,
-        lambda: gcloud.mutate(
-            "sql", "databases", "create", n.database, f"--instance={instance}", timeout=900
+        f"create database {n.database} on {instance}",
+        lambda: _retry_busy(
+            run,
+            lambda: gcloud.mutate(
+                "sql", "databases", "create", n.database, f"--instance={instance}", timeout=900
+            ),
         ),
+        present,
+        cold=cold,
     )
-    return Outcome.CREATED
 
 
 def ensure_user(
-    gcloud: Gcloud, n: Names, instance: str, run: StepRun, *, password_known_set: bool
+    gcloud: Gcloud,
+    n: Names,
+    instance: str,
+    run: StepRun,
+    *,
+    password_known_set: bool,
+    password: Callable[[], str],
+    cold: bool = False,
 ) -> Outcome:
     """The `metaflow` user, whose password only ever travels on stdin.
 
@@ -166,20 +185,26 @@ def ensure_user(
     `set-password --prompt-for-password`, fed on stdin from a process with no terminal
     (getpass then reads stdin) and with prompts enabled for that one command.
     password_known_set: the state file says a past run finished setting it.
+    password: gives the password (from memory if this run made it, else Secret Manager).
     """
-    found = gcloud.read("sql", "users", "list", f"--instance={instance}", dry=[]) or []
-    exists = any(u.get("name") == n.db_user for u in found)
+    exists = False
+    if not cold:
+        found = gcloud.read("sql", "users", "list", f"--instance={instance}", dry=[]) or []
+        exists = any(u.get("name") == n.db_user for u in found)
     if exists and password_known_set:
         return Outcome.KEPT
     run.before_change(f"create database user {n.db_user} on {instance}")
     if not exists:
-        _retry_busy(
-            run,
-            lambda: gcloud.mutate(
-                "sql", "users", "create", n.db_user, f"--instance={instance}", timeout=900
-            ),
-        )
-    password = secrets.read_password(gcloud, n)
+        try:
+            _retry_busy(
+                run,
+                lambda: gcloud.mutate(
+                    "sql", "users", "create", n.db_user, f"--instance={instance}", timeout=900
+                ),
+            )
+        except AlreadyExists:
+            exists = True
+    secret = password()
     _retry_busy(
         run,
         lambda: gcloud.mutate(
@@ -189,7 +214,7 @@ def ensure_user(
             n.db_user,
             f"--instance={instance}",
             "--prompt-for-password",
-            stdin=password + "\n",
+            stdin=secret + "\n",
             detach_tty=True,
             # With prompts disabled gcloud would silently send *no* password.
             extra_env={"CLOUDSDK_CORE_DISABLE_PROMPTS": "0"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from metaflow_gcp.config import Names
+from metaflow_gcp.errors import AlreadyExists
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.graph import Outcome, StepRun
 
@@ -27,25 +28,30 @@ def drift(found: dict[str, Any]) -> list[str]:
     return problems
 
 
-def ensure(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+def ensure(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
     url = f"gs://{n.data_bucket}"
-    found = describe(gcloud, n)
+    found = None if cold else describe(gcloud, n)
     if found is not None:
         fixes = drift(found)
         if not fixes:
             return Outcome.KEPT
-        run.before_change(f"fix {url}: {' '.join(fixes)}")
+        run.before_change(f"fix {url}: {' '.join(fixes)}", new=False)
         gcloud.mutate("storage", "buckets", "update", url, *fixes, fmt=None)
         return Outcome.UPDATED
     run.before_change(f"create bucket {url}")
-    gcloud.mutate(
-        "storage",
-        "buckets",
-        "create",
-        url,
-        f"--location={n.region}",
-        "--uniform-bucket-level-access",
-        "--public-access-prevention",
-        fmt=None,
-    )
+    try:
+        gcloud.mutate(
+            "storage",
+            "buckets",
+            "create",
+            url,
+            f"--location={n.region}",
+            "--uniform-bucket-level-access",
+            "--public-access-prevention",
+            fmt=None,
+        )
+    except AlreadyExists:
+        if cold:  # ours after all? look at it the normal way
+            return ensure(gcloud, n, run)
+        raise
     return Outcome.CREATED

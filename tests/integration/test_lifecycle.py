@@ -1,0 +1,93 @@
+"""The whole lifecycle with the real gcloud: up, teardown, up again, teardown --delete-data."""
+
+from __future__ import annotations
+
+import pytest
+
+from metaflow_gcp import day2, infra, teardown
+from metaflow_gcp.errors import StackError
+from metaflow_gcp.graph import Outcome
+from tests.fakes.plugin import FakeCloud
+from tests.integration.stacks import make_stack, output
+
+pytestmark = pytest.mark.integration
+
+DATA, STATE = "acme-fake-project-mf-it", "acme-fake-project-mf-state"
+
+
+def buckets(fake: FakeCloud) -> set[str]:
+    return set(fake.gcs.bucket_names())
+
+
+def cloud_resources(fake: FakeCloud) -> dict[str, list[str]]:
+    state = fake.state
+    return {
+        key: sorted(state[key])
+        for key in ("networks", "subnetworks", "addresses", "connections", "service_accounts",
+                    "secrets", "sql_instances", "clusters")
+        if state[key]
+    }
+
+
+def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
+    fake_cloud: FakeCloud,
+) -> None:
+    first = make_stack(fake_cloud)
+    assert infra.up(first).ok  # type: ignore[union-attr]
+    assert "mf-it-pg-0" in fake_cloud.state["sql_instances"]
+
+    seen = day2.collect_status(make_stack(fake_cloud))
+    assert [row["resource"] for row in seen["resources"] if not row["exists"]] == []
+    assert seen["state"]["db_generation"] == 0 and seen["state"]["lock"] is None
+    assert seen["state"]["infra_converged"] is True
+
+    down = make_stack(fake_cloud)
+    report = teardown.run(down)
+    assert report.ok, output(down)
+    assert cloud_resources(fake_cloud) == {}
+    assert buckets(fake_cloud) == {DATA, STATE}, "data and state are kept without --delete-data"
+    assert "kept: your data in gs://" + DATA in output(down)
+    doc = down.state.peek()
+    assert doc is not None and doc["db_generation"] == 1 and doc["lock"] is None
+    policy = fake_cloud.state["project_iam_policy"]["bindings"]
+    assert not any("mf-it-" in m for b in policy for m in b["members"])
+
+    again = make_stack(fake_cloud)
+    assert infra.up(again).ok, output(again)  # type: ignore[union-attr]
+    assert list(fake_cloud.state["sql_instances"]) == ["mf-it-pg-1"]
+    assert "refused the name" not in output(again), "the counter moved on; no 409 needed"
+
+    gone = make_stack(fake_cloud)
+    report = teardown.run(gone, delete_data=True)
+    assert report.ok, output(gone)
+    assert report.outcomes()["bucket"] is Outcome.DELETED
+    assert cloud_resources(fake_cloud) == {}
+    assert buckets(fake_cloud) == {STATE}
+
+    # Teardown is idempotent: a second one finds everything gone and changes nothing.
+    before = len(fake_cloud.requests)
+    twice = make_stack(fake_cloud)
+    report = teardown.run(twice, delete_data=True)
+    assert set(report.outcomes().values()) <= {Outcome.GONE, Outcome.SKIPPED}
+    mutating = [r for r in fake_cloud.requests[before:] if r.is_mutating and r.api != "storage"]
+    assert mutating == []
+
+
+def test_teardown_dry_run_lists_the_deletes_and_calls_nothing(fake_cloud: FakeCloud) -> None:
+    stack = make_stack(fake_cloud, dry_run=True)
+    teardown.run(stack, delete_data=True)
+    text = output(stack)
+    assert len(fake_cloud.requests) == 0
+    for command in ("gcloud container clusters delete mf-it", "gcloud sql instances delete",
+                    "gcloud services vpc-peerings delete", "gcloud storage rm --recursive"):
+        assert command in text
+
+
+def test_without_a_terminal_and_without_yes_teardown_refuses_before_any_call(
+    fake_cloud: FakeCloud,
+) -> None:
+    stack = make_stack(fake_cloud)
+    stack.assume_yes = False
+    with pytest.raises(StackError, match="needs a confirmation"):
+        teardown.run(stack)
+    assert len(fake_cloud.requests) == 0
