@@ -9,7 +9,7 @@ from typing import Any
 
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.errors import StackError
-from metaflow_gcp.gcp import gke, iam, network, storage
+from metaflow_gcp.gcp import gke, iam, network, sql, storage
 from metaflow_gcp.kube import Kubectl
 from metaflow_gcp.state import db_generation
 
@@ -67,11 +67,6 @@ def collect_status(stack: Stack) -> dict[str, Any]:
     """Every resource and the state file, read concurrently; nothing is changed."""
     g, n, s = stack.gcloud, stack.names, stack.settings
 
-    def sql_instances() -> list[dict[str, Any]]:
-        return list(
-            g.read("sql", "instances", "list", f"--filter=name:{n.sql_prefix}*", dry=[]) or []
-        )
-
     reads: dict[str, Callable[[], Any]] = {
         "state": stack.state.peek,
         "network": lambda: g.describe("compute", "networks", "describe", n.network),
@@ -84,7 +79,7 @@ def collect_status(stack: Stack) -> dict[str, Any]:
         "peering": lambda: network.peerings(g, n),
         "bucket": lambda: storage.describe(g, n),
         "accounts": lambda: iam.existing_accounts(g),
-        "sql": sql_instances,
+        "sql": lambda: sql.stack_instances(g, n),
         "gke": lambda: gke.describe(g, n),
         "secret": lambda: g.describe("secrets", "describe", n.db_secret),
     }

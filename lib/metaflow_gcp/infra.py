@@ -52,6 +52,11 @@ class InfraRun:
         self._password: str | None = None
         self._lock = threading.Lock()
 
+    def adopt(self, doc: Doc) -> None:
+        """Continue from the document as read under the lock (it may be newer than the peek)."""
+        with self._lock:
+            self.doc = dict(doc)
+
     def remember_password(self, password: str) -> None:
         with self._lock:
             self._password = password
@@ -213,16 +218,12 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
     """
     g, s, n = stack.gcloud, stack.settings, stack.names
 
-    def sql_instances() -> list[dict[str, Any]]:
-        found = g.read("sql", "instances", "list", f"--filter=name:{n.sql_prefix}*", dry=[])
-        return list(found or [])
-
     def policy() -> dict[str, Any]:
         return dict(g.read("projects", "get-iam-policy", n.project, dry={}) or {})
 
     with ThreadPoolExecutor(5) as pool:
         doc_f = pool.submit(stack.state.peek)
-        sql_f = pool.submit(sql_instances)
+        sql_f = pool.submit(sql.stack_instances, g, n)
         gke_f = pool.submit(gke.describe, g, n)
         iam_f = pool.submit(policy)
         bucket_f = pool.submit(storage.describe, g, n)
@@ -263,15 +264,9 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
         and not iam.missing_bindings(project_policy, iam.project_bindings(n))
         and bucket is not None
         and not storage.drift(bucket)
-        and gke.has_context(n.kube_context, _kubeconfig(stack))
+        and gke.has_context(n.kube_context, stack.runner.env)
     )
     return doc, ok
-
-
-def _kubeconfig(stack: Stack) -> Any:
-    from pathlib import Path
-
-    return Path(stack.runner.env["KUBECONFIG"]) if "KUBECONFIG" in stack.runner.env else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,9 +337,8 @@ def up(stack: Stack, *, force_unlock: bool = False, refresh: bool = False) -> Re
         return None
     if stack.interactive() and not stack.assume_yes:
         report = plan(stack)
-        if not any(s.outcome is Outcome.PLANNED for s in report.states.values()):
-            pass  # only state bookkeeping is left; go on without asking
-        elif not _confirm(stack, "Create these resources?"):
+        changes = any(s.outcome is Outcome.PLANNED for s in report.states.values())
+        if changes and not _confirm(stack, "Create these resources?"):
             raise StackError("nothing was changed (not confirmed)")
     return _apply(stack, doc, force_unlock=force_unlock, refresh=refresh)
 
@@ -370,8 +364,7 @@ def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool, refresh: bool) 
                 f"({broken.get('task')}, since {broken.get('since')})"
             )
         assert state.last is not None
-        with run._lock:
-            run.doc = dict(state.last.data)
+        run.adopt(state.last.data)
         held.set()
 
     report: Report | None = None

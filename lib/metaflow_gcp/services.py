@@ -777,9 +777,7 @@ def _check_context(stack: Stack) -> None:
     from metaflow_gcp.gcp.gke import has_context
 
     n = stack.names
-    env = stack.runner.env
-    path = Path(env["KUBECONFIG"].split(":")[0]) if env.get("KUBECONFIG") else None
-    if not has_context(n.kube_context, path):
+    if not has_context(n.kube_context, stack.runner.env):
         raise StackError(
             f"kubectl has no context '{n.kube_context}'. Fix: run `inv infra.up` (it fetches "
             f"the credentials) or `gcloud container clusters get-credentials {n.cluster} "

@@ -20,7 +20,7 @@ from metaflow_gcp.gcp import gke, iam, network, sql, storage
 from metaflow_gcp.gcp.operations import follow
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
-from metaflow_gcp.state import Doc, now
+from metaflow_gcp.state import Doc, db_generation, now
 
 RELEASES = (  # (release, namespace), removed in this order
     ("airflow", "airflow"),
@@ -94,7 +94,7 @@ class Teardown:
             return Outcome.GONE
         run.before_change(f"delete GKE cluster {self.n.cluster}")
         if (found or {}).get("status") != "STOPPING":
-            result = self.g.mutate(
+            self.g.mutate(
                 "container",
                 "clusters",
                 "delete",
@@ -105,7 +105,6 @@ class Teardown:
             )
             if self.g.dry_run:
                 return Outcome.DELETED
-            del result
         follow(
             run,
             f"deleting {self.n.cluster}",
@@ -115,17 +114,8 @@ class Teardown:
         return Outcome.DELETED
 
     def sql_instances(self, run: StepRun) -> Outcome:
-        found = (
-            self.g.read(
-                "sql",
-                "instances",
-                "list",
-                f"--filter=name:{self.n.sql_prefix}*",
-                dry=[{"name": self.n.sql_instance(self._generation())}],
-            )
-            or []
-        )
-        names = [str(i["name"]) for i in found if str(i["name"]).startswith(self.n.sql_prefix)]
+        dry = [{"name": self.n.sql_instance(self._generation())}]
+        names = [str(i["name"]) for i in sql.stack_instances(self.g, self.n, dry=dry)]
         if not names:
             return Outcome.GONE
         run.before_change(f"delete Cloud SQL instance {', '.join(names)} and its backups")
@@ -149,8 +139,6 @@ class Teardown:
         )
 
     def _generation(self) -> int:
-        from metaflow_gcp.state import db_generation
-
         doc = self.stack.state.last.data if self.stack.state.last else {}
         return db_generation(doc, self.stack.settings.db_generation_number)
 
@@ -312,7 +300,6 @@ def run(stack: Stack, *, delete_data: bool = False, force_unlock: bool = False) 
     preflight(stack, "gcloud")
     work = Teardown(stack, delete_data=delete_data)
     if stack.interactive() and not stack.assume_yes and not stack.dry_run:
-        stack.state.peek()
         preview = run_steps(
             work.steps(),
             console=console,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +106,15 @@ def ensure_cluster(
 # -- kubectl credentials ----------------------------------------------------------------
 
 
-def kubeconfig_path() -> Path:
-    first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+def kubeconfig_path(env: Mapping[str, str] | None = None) -> Path:
+    """The file kubectl reads first: KUBECONFIG (the runner's env wins), else ~/.kube/config."""
+    value = (env or {}).get("KUBECONFIG") or os.environ.get("KUBECONFIG", "")
+    first = value.split(os.pathsep)[0]
     return Path(first) if first else Path.home() / ".kube" / "config"
 
 
-def has_context(context: str, path: Path | None = None) -> bool:
-    path = path or kubeconfig_path()
+def has_context(context: str, env: Mapping[str, str] | None = None) -> bool:
+    path = kubeconfig_path(env)
     if not path.is_file():
         return False
     import yaml
@@ -125,8 +128,7 @@ def has_context(context: str, path: Path | None = None) -> bool:
 
 def ensure_credentials(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
     """Write the cluster's kubectl context (gke_PROJECT_ZONE_CLUSTER) if it is not there yet."""
-    path = Path(gcloud.runner.env["KUBECONFIG"]) if "KUBECONFIG" in gcloud.runner.env else None
-    if not gcloud.dry_run and has_context(n.kube_context, path):
+    if not gcloud.dry_run and has_context(n.kube_context, gcloud.runner.env):
         return Outcome.KEPT
     run.before_change(f"write kubectl credentials for {n.cluster}")
     gcloud.mutate(

@@ -68,6 +68,14 @@ def wait_operation(gcloud: Gcloud, run: StepRun, operation: str, what: str) -> N
     follow(run, what, poll, timeout=CREATE_TIMEOUT)
 
 
+def stack_instances(
+    gcloud: Gcloud, n: Names, *, dry: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Every instance of this stack, whatever its generation (one call, no name needed)."""
+    found = gcloud.read("sql", "instances", "list", f"--filter=name:{n.sql_prefix}*", dry=dry or [])
+    return [i for i in found or [] if str(i.get("name", "")).startswith(n.sql_prefix)]
+
+
 def pending_operations(gcloud: Gcloud, instance: str) -> list[str]:
     ops = gcloud.read("sql", "operations", "list", f"--instance={instance}", dry=[]) or []
     return [str(op["name"]) for op in ops if op.get("status") != "DONE"]
