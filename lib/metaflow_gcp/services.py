@@ -7,7 +7,7 @@ the same time, and one failed release does not stop the others):
     namespace metaflow -> Secret metaflow-db ------------+-> release metaflow
     namespace metaflow -> release argo-workflows            (writes a Role into metaflow)
     release argo-events + namespace metaflow -> release metaflow-argo-events (needs the CRDs)
-    namespace airflow + Secret airflow-webserver-secret -> release airflow
+    namespace airflow + Secrets airflow-webserver-secret, airflow-postgres -> release airflow
     switched off: uninstall metaflow-argo-events -> argo-events; argo-workflows; airflow
                   -> drop airflow's Workload Identity binding
 
@@ -46,6 +46,12 @@ DB_SECRET = "metaflow-db"  # noqa: S105 - charts/metaflow database.passwordSecre
 DB_SECRET_KEY = "password"  # noqa: S105
 AIRFLOW_SECRET = "airflow-webserver-secret"  # noqa: S105 - values/airflow.yaml
 AIRFLOW_SECRET_KEY = "webserver-secret-key"  # noqa: S105
+# The bundled Postgres (Bitnami subchart, postgresql.auth.existingSecret) reads the password
+# key; Airflow (data.metadataSecretName) reads the URL key. Host: the subchart's Service.
+AIRFLOW_DB_SECRET = "airflow-postgres"  # noqa: S105 - values/airflow.yaml
+AIRFLOW_DB_PASSWORD_KEY = "postgres-password"  # noqa: S105
+AIRFLOW_DB_URL_KEY = "connection"
+AIRFLOW_DB_HOST = "airflow-postgresql.airflow"
 # Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
 # field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
 VERSION_ANNOTATION = "metaflow-gcp/secret-version"
@@ -443,25 +449,45 @@ class ServicesRun:
         )
         return Outcome.UPDATED if have is not None else Outcome.CREATED
 
-    def ensure_airflow_secret(self, run: StepRun) -> Outcome:
-        """Airflow's Flask session key: random, made once, never replaced (sessions survive)."""
+    def ensure_airflow_secrets(self, run: StepRun) -> Outcome:
+        """Airflow's two random Secrets, each made once and never replaced.
+
+        The webserver session key (logins survive upgrades), and the password of the bundled
+        Postgres together with the connection URL built from it: one Secret read by both the
+        Postgres subchart and Airflow, so the two can never disagree. Postgres takes its
+        password only when it first initialises its volume, so replacing it later would lock
+        Airflow out.
+        """
         created_ns = self.ensure_namespace(AIRFLOW_NS, run) is Outcome.CREATED
-        if self.secret_exists(AIRFLOW_NS, AIRFLOW_SECRET):
-            return Outcome.KEPT
-        run.before_change(f"create Secret {AIRFLOW_SECRET}")
-        key = random_source.token_hex(32)
-        self.stack.runner.add_secret(key)
+        made = [
+            self._create_secret_once(AIRFLOW_NS, AIRFLOW_SECRET, _webserver_key, run),
+            self._create_secret_once(AIRFLOW_NS, AIRFLOW_DB_SECRET, _airflow_db_secret, run),
+        ]
+        return Outcome.CREATED if created_ns or any(made) else Outcome.KEPT
+
+    def _create_secret_once(
+        self,
+        namespace: str,
+        name: str,
+        make: Callable[[Callable[[str], None]], dict[str, str]],
+        run: StepRun,
+    ) -> bool:
+        """Create Secret `name` from `make(register)` unless it exists; True if we made it."""
+        if self.secret_exists(namespace, name):
+            return False
+        run.before_change(f"create Secret {name}")
+        data = make(self.stack.runner.add_secret)
         try:
             self.kubectl.run(
                 "create",
                 "-f",
                 "-",
-                namespace=AIRFLOW_NS,
-                stdin=secret_manifest(AIRFLOW_SECRET, AIRFLOW_NS, {AIRFLOW_SECRET_KEY: key}),
+                namespace=namespace,
+                stdin=secret_manifest(name, namespace, data),
             )
         except AlreadyExists:  # another run made it a moment ago: keep theirs
-            return Outcome.CREATED if created_ns else Outcome.KEPT
-        return Outcome.CREATED
+            return False
+        return True
 
     # -- Helm releases -------------------------------------------------------------------
 
@@ -528,6 +554,20 @@ def secret_manifest(
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
     )
+
+
+def _webserver_key(register: Callable[[str], None]) -> dict[str, str]:
+    key = random_source.token_hex(32)
+    register(key)
+    return {AIRFLOW_SECRET_KEY: key}
+
+
+def _airflow_db_secret(register: Callable[[str], None]) -> dict[str, str]:
+    """Hex only, so the password needs no escaping inside the URL."""
+    password = random_source.token_hex(24)
+    register(password)
+    url = f"postgresql://postgres:{password}@{AIRFLOW_DB_HOST}:5432/postgres?sslmode=disable"
+    return {AIRFLOW_DB_PASSWORD_KEY: password, AIRFLOW_DB_URL_KEY: url}
 
 
 def _role_members(policy: dict[str, Any], role: str) -> set[str]:
@@ -609,8 +649,8 @@ def build_steps(
         steps += [
             Step(
                 "secret:airflow",
-                f"Secret {AIRFLOW_NS}/{AIRFLOW_SECRET}",
-                run.ensure_airflow_secret,
+                f"Secrets {AIRFLOW_NS}/{AIRFLOW_SECRET}, {AIRFLOW_DB_SECRET}",
+                run.ensure_airflow_secrets,
             ),
             release_step("airflow", ("secret:airflow",)),
         ]

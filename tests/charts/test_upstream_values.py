@@ -225,9 +225,21 @@ def test_airflow_scheduler_account_has_a_fixed_name(airflow: Values) -> None:
 
 
 def test_airflow_webserver_key_comes_from_a_secret(airflow: Values) -> None:
-    assert airflow["webserverSecretKeySecretName"] == "airflow-webserver-secret"
+    from metaflow_gcp import services
+
+    assert airflow["webserverSecretKeySecretName"] == services.AIRFLOW_SECRET
     assert "webserverSecretKey" not in airflow
     assert "fernetKey" not in airflow
+
+
+def test_airflow_database_password_is_ours_and_comes_from_one_secret(airflow: Values) -> None:
+    """The bundled Postgres and Airflow read the same Secret that services.up creates with a
+    random password, so neither the chart default nor any password is in the values."""
+    from metaflow_gcp import services
+
+    assert airflow["postgresql"]["auth"] == {"existingSecret": services.AIRFLOW_DB_SECRET}
+    assert airflow["data"] == {"metadataSecretName": services.AIRFLOW_DB_SECRET}
+    assert services.AIRFLOW_DB_HOST.startswith("airflow-postgresql.")  # release "airflow"
 
 
 def test_airflow_creates_no_default_admin_with_a_chart_password(airflow: Values) -> None:

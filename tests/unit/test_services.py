@@ -38,6 +38,7 @@ POOL = "acme-ml-prod.svc.id.goog"
 PASSWORD = "Zq7-db-pa55word-nobody-guesses"
 SECRET_V3 = "projects/123456/secrets/mf-dev-db-password/versions/3"
 PINS = yaml.safe_load((ROOT / "values" / "versions.yaml").read_text())
+AIRFLOW_SECRETS = ("airflow-webserver-secret", "airflow-postgres")
 
 
 # ---------------------------------------------------------------------------------------
@@ -694,7 +695,16 @@ def test_no_argo_with_airflow_installs_metaflow_and_airflow_only(
     secret = cluster.secrets[("airflow", "airflow-webserver-secret")]
     key = base64.b64decode(secret["data"]["webserver-secret-key"]).decode()
     assert re.fullmatch(r"[0-9a-f]{64}", key)
-    assert not any(key in a for argv in run.argvs() for a in argv) and key not in run.output
+    database = cluster.secrets[("airflow", "airflow-postgres")]["data"]
+    password = base64.b64decode(database["postgres-password"]).decode()
+    assert re.fullmatch(r"[0-9a-f]{48}", password) and password != key
+    assert base64.b64decode(database["connection"]).decode() == (
+        f"postgresql://postgres:{password}@airflow-postgresql.airflow:5432/postgres"
+        "?sslmode=disable"
+    )
+    for value in (key, password):
+        assert not any(value in a for argv in run.argvs() for a in argv)
+        assert value not in run.output
     assert run.index("create", "namespace", "airflow") < run.index("create", "-f", "-")
     assert run.index("create", "-f", "-") < run.index("upgrade", "--install", "airflow")
     assert not any("argo" in argv[4] for argv in run.argvs() if "--install" in argv)
@@ -709,13 +719,28 @@ def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up
     assert not any(a.startswith("--namespace=airflow") for argv in run.argvs() for a in argv)
 
 
-def test_the_airflow_secret_is_made_once_and_never_replaced(cluster: FakeCluster, up: Up) -> None:
+def test_the_airflow_secrets_are_made_once_and_never_replaced(cluster: FakeCluster, up: Up) -> None:
+    """Postgres only takes its password when it first initialises its volume."""
     up(argo=False, airflow=True)
-    first = cluster.secrets[("airflow", "airflow-webserver-secret")]
+    first = {name: cluster.secrets[("airflow", name)] for name in AIRFLOW_SECRETS}
 
     up(argo=False, airflow=True)
 
-    assert cluster.secrets[("airflow", "airflow-webserver-secret")] is first
+    assert {name: cluster.secrets[("airflow", name)] for name in AIRFLOW_SECRETS} == first
+    assert all(cluster.secrets[("airflow", name)] is first[name] for name in AIRFLOW_SECRETS)
+
+
+def test_a_lost_airflow_secret_is_made_again_and_the_other_kept(
+    cluster: FakeCluster, up: Up
+) -> None:
+    up(argo=False, airflow=True)
+    kept = cluster.secrets[("airflow", "airflow-postgres")]
+    del cluster.secrets[("airflow", "airflow-webserver-secret")]
+
+    up(argo=False, airflow=True)
+
+    assert ("airflow", "airflow-webserver-secret") in cluster.secrets
+    assert cluster.secrets[("airflow", "airflow-postgres")] is kept
 
 
 def test_switching_airflow_off_asks_then_uninstalls_only_airflow(
