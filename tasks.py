@@ -195,7 +195,8 @@ def upload_dag(
     auto_shortflags=False,
     help={
         **CHANGING,
-        "delete-data": "also empty and delete the Metaflow datastore bucket (kept by default)",
+        "delete-data": "also delete the datastore bucket and skip the metadata DB's final "
+        "backup (both kept by default)",
     },
 )
 def teardown(
@@ -207,7 +208,7 @@ def teardown(
     verbose: bool = False,
     force_unlock: bool = False,
 ) -> None:
-    """Remove the stack. Keeps the datastore bucket unless --delete-data; always keeps state."""
+    """Remove the stack. Keeps your data unless --delete-data; always keeps the state."""
     with _boundary(verbose):
         from metaflow_gcp import teardown as teardown_
 

@@ -3,6 +3,9 @@
     Helm releases -> (GKE cluster || Cloud SQL instances) -> peering, range, subnet, network
                   -> IAM bindings -> service accounts;  secret;  data bucket only with --delete-data
 
+Data is kept unless --delete-data: the datastore bucket, and a final backup of the metadata
+database (Cloud SQL takes it as it deletes the instance).
+
 The state bucket is never touched except to record what happened; the DB generation
 counter moves on as soon as the instance is deleted, so the next infra.up uses a fresh name.
 """
@@ -32,6 +35,7 @@ RELEASES = (  # (release, namespace), removed in this order
 NAMESPACES = ("airflow", "argo", "argo-events", "metaflow")
 IN_USE_WAIT = 15 * 60.0  # peering and network deletes wait for the producers to let go
 DELETE_TIMEOUT = 30 * 60.0
+FINAL_BACKUP_DAYS = 30  # Cloud SQL's own default; restorable with `gcloud sql backups restore`
 
 
 class Teardown:
@@ -118,16 +122,34 @@ class Teardown:
         names = [str(i["name"]) for i in sql.stack_instances(self.g, self.n, dry=dry)]
         if not names:
             return Outcome.GONE
-        run.before_change(f"delete Cloud SQL instance {', '.join(names)} and its backups")
+        listed = ", ".join(names)
+        run.before_change(
+            f"delete Cloud SQL instance {listed} and its backups"
+            if self.delete_data
+            else f"delete Cloud SQL instance {listed}, keeping a final backup for "
+            f"{FINAL_BACKUP_DAYS} days"
+        )
         for name in names:
             busy = sql.pending_operations(self.g, name)
             for operation in busy:  # one operation per instance at a time: let it finish
                 sql.wait_operation(self.g, run, operation, f"{name}: finishing an operation")
-            result = self.g.mutate("sql", "instances", "delete", name, "--quiet", "--async")
+            result = self.g.mutate(
+                "sql", "instances", "delete", name, *self._final_backup(), "--quiet", "--async"
+            )
             if not self.g.dry_run:
                 sql.wait_operation(self.g, run, str(result.json()["name"]), f"deleting {name}")
         self._bump()
         return Outcome.DELETED
+
+    def _final_backup(self) -> list[str]:
+        """The run history in the metadata DB is data too: without --delete-data it is kept."""
+        if self.delete_data:
+            return []
+        return [
+            "--enable-final-backup",
+            f"--final-backup-retention-days={FINAL_BACKUP_DAYS}",
+            f"--final-backup-description=metaflow-gcp teardown of stack {self.n.stack}",
+        ]
 
     def _bump(self) -> None:
         """Cloud SQL may keep the name reserved: the next infra.up must use a new one."""
@@ -355,8 +377,8 @@ def _print_preview(stack: Stack, preview: Report, delete_data: bool) -> None:
     console.print(f"  [green]kept[/]: state bucket gs://{stack.names.state_bucket}")
     if not delete_data:
         console.print(
-            f"  [green]kept[/]: datastore gs://{stack.names.data_bucket} "
-            "(pass --delete-data to delete it)"
+            f"  [green]kept[/]: datastore gs://{stack.names.data_bucket} and a final backup of "
+            f"the metadata database for {FINAL_BACKUP_DAYS} days (--delete-data deletes both)"
         )
 
 
@@ -394,3 +416,8 @@ def _summary(stack: Stack, report: Report, delete_data: bool) -> None:
             f"  kept: your data in gs://{stack.names.data_bucket} "
             "(`inv teardown --delete-data` removes it)"
         )
+        if report.outcomes().get("sql") is Outcome.DELETED:
+            console.print(
+                f"  kept: a final backup of the metadata database for {FINAL_BACKUP_DAYS} days "
+                f"(`gcloud sql backups list --instance=- --project={stack.names.project}`)"
+            )

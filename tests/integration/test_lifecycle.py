@@ -47,6 +47,15 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
     assert cloud_resources(fake_cloud) == {}
     assert buckets(fake_cloud) == {DATA, STATE}, "data and state are kept without --delete-data"
     assert "kept: your data in gs://" + DATA in output(down)
+    assert fake_cloud.state["sql_final_backups"] == [
+        {
+            "instance": "mf-it-pg-0",
+            "ttlDays": 30,
+            "description": "metaflow-gcp teardown of stack it",
+            "databases": ["metaflow", "postgres"],
+        }
+    ], "the run history in the metadata database is data too"
+    assert "a final backup of the metadata database for 30 days" in output(down)
     doc = down.state.peek()
     assert doc is not None and doc["db_generation"] == 1 and doc["lock"] is None
     policy = fake_cloud.state["project_iam_policy"]["bindings"]
@@ -63,6 +72,9 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
     assert report.outcomes()["bucket"] is Outcome.DELETED
     assert cloud_resources(fake_cloud) == {}
     assert buckets(fake_cloud) == {STATE}
+    assert [b["instance"] for b in fake_cloud.state["sql_final_backups"]] == ["mf-it-pg-0"], (
+        "--delete-data deletes the database without a final backup"
+    )
 
     # Teardown is idempotent: a second one finds everything gone and changes nothing.
     before = len(fake_cloud.requests)

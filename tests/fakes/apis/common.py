@@ -92,6 +92,7 @@ def initial_state(fake: FakeGcpApi) -> dict[str, Any]:
         "secrets": {},  # name -> Secret (+ "_versions": list)
         "sql_instances": {},  # name -> sql#instance
         "sql_reserved_names": set(),  # deleted instance names (reusable after a week)
+        "sql_final_backups": [],  # what instances.delete?enableFinalBackup=true kept
         "sql_databases": {},  # instance -> {db name -> sql#database}
         "sql_users": {},  # instance -> {user name -> sql#user (incl. "password")}
         "clusters": {},  # "location/name" -> container Cluster

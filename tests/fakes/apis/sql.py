@@ -232,11 +232,26 @@ class Sql:
         previous = inst["state"]
         inst["state"] = "PENDING_DELETE"
 
+        final_backup = c.q("enableFinalBackup", "false").lower() == "true"
+        ttl_days = int(c.q("finalBackupTtlDays") or 30)
+        if final_backup and not 1 <= ttl_days <= 365:
+            raise bad_request("finalBackupTtlDays must be between 1 and 365.")
+
         def done() -> None:
+            databases = sorted(self.fake.state["sql_databases"].get(name, {}))
             self.fake.state["sql_instances"].pop(name, None)
             self.fake.state["sql_databases"].pop(name, None)
             self.fake.state["sql_users"].pop(name, None)
             self.fake.state["sql_reserved_names"].add(name)
+            if final_backup:
+                self.fake.state["sql_final_backups"].append(
+                    {
+                        "instance": name,
+                        "ttlDays": ttl_days,
+                        "description": c.q("finalBackupDescription", ""),
+                        "databases": databases,
+                    }
+                )
 
         def failed() -> None:
             inst["state"] = previous
