@@ -232,6 +232,12 @@ _GCLOUD_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
 ]
 
 _KUBE_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
+    # First: its message ("executable gke-gcloud-auth-plugin not found") is no missing object.
+    (
+        re.compile(r"gke-gcloud-auth-plugin", re.IGNORECASE),
+        NotAuthenticated,
+        "install it: `gcloud components install gke-gcloud-auth-plugin`",
+    ),
     (re.compile(r"\(NotFound\)|not found", re.IGNORECASE), NotFound, ""),
     (re.compile(r"\(AlreadyExists\)|already exists", re.IGNORECASE), AlreadyExists, ""),
     (re.compile(r"\(Forbidden\)|forbidden", re.IGNORECASE), PermissionDenied, ""),
@@ -239,11 +245,6 @@ _KUBE_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
         re.compile(r"Unable to connect to the server|connection refused|no such host", re.I),
         CommandError,
         "is the cluster up and are its credentials fetched? (`inv infra.up` fetches them)",
-    ),
-    (
-        re.compile(r"gke-gcloud-auth-plugin", re.IGNORECASE),
-        NotAuthenticated,
-        "install it: `gcloud components install gke-gcloud-auth-plugin`",
     ),
 ]
 

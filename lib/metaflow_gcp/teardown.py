@@ -13,16 +13,25 @@ counter moves on as soon as the instance is deleted, so the next infra.up uses a
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from metaflow_gcp.app import Stack, preflight
-from metaflow_gcp.errors import CommandError, NotFound, StackError
+from metaflow_gcp.errors import (
+    CommandError,
+    MissingTool,
+    NotAuthenticated,
+    NotFound,
+    StackError,
+)
 from metaflow_gcp.gcp import gke, iam, network, sql, storage
 from metaflow_gcp.gcp.operations import follow
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
+from metaflow_gcp.shell import INSTALL_HINTS
 from metaflow_gcp.state import Doc, db_generation, now
 
 RELEASES = (  # (release, namespace), removed in this order
@@ -47,27 +56,70 @@ class Teardown:
         self.deleted_generation = False
         self._lock = threading.Lock()
 
-    # -- helm ------------------------------------------------------------------------------
+    # -- what runs on the cluster ------------------------------------------------------------
+
+    def _about_to(self, run: StepRun, what: str) -> None:
+        """Every teardown change removes something, which never hides what depends on it:
+        a preview goes on to look at the later steps (new=False)."""
+        run.before_change(what, new=False)
 
     def releases(self, run: StepRun) -> Outcome:
-        """Uninstall our releases first, so load balancers and disks go with them."""
-        if not self.stack.dry_run and gke.describe(self.g, self.n) is None:
+        """Empty the cluster first: disks (PVCs) and load balancers outlive a deleted cluster.
+
+        Helm uninstalls our releases, then deleting our namespaces takes every PVC and
+        Service left in them. Without helm the namespaces alone do that; without kubectl
+        the step fails, so nothing after it (the cluster above all) is deleted.
+        """
+        dry = self.stack.dry_run
+        if not dry and gke.describe(self.g, self.n) is None:
             run.note("cluster already gone; nothing to uninstall")
             return Outcome.GONE
+        env = self.stack.runner.env
+        path = env.get("PATH", os.environ.get("PATH"))
+        if not dry and shutil.which("kubectl", path=path) is None:
+            raise MissingTool(
+                "kubectl",
+                f"{INSTALL_HINTS['kubectl']}; it empties the cluster before it is deleted",
+            )
+        with_helm = dry or shutil.which("helm", path=path) is not None
+        if not dry and not gke.has_context(self.n.kube_context, env):
+            self._about_to(run, f"fetch credentials for {self.n.cluster}, then empty it")
+            self.g.mutate(
+                "container",
+                "clusters",
+                "get-credentials",
+                self.n.cluster,
+                f"--location={self.n.zone}",
+                fmt=None,
+            )
         helm = Helm(self.stack.runner, self.n.kube_context)
         kubectl = Kubectl(self.stack.runner, self.n.kube_context)
         try:
-            installed = {(r["name"], r["namespace"]) for r in helm.releases()}
-        except (CommandError, StackError) as error:
+            listed = helm.releases() if with_helm else []
+            found = kubectl.read(
+                "get", "namespaces", dry={"items": [{"metadata": {"name": n}} for n in NAMESPACES]}
+            )
+        except NotAuthenticated:
+            raise  # e.g. no gke-gcloud-auth-plugin: fixable here, so stop before the cluster
+        except CommandError as error:
             self.stack.console.print(
-                f"[yellow]![/] the cluster did not answer ({error.one_line()}); "
-                "going on: deleting the cluster removes what was on it"
+                f"[yellow]![/] the cluster did not answer ({error.one_line()}); going on. "
+                "Disks of its volumes may outlive it: `gcloud compute disks list "
+                f"--filter=name~^pvc- --project={self.n.project}` shows them"
             )
             return Outcome.SKIPPED
-        ours = [r for r in RELEASES if r in installed or self.stack.dry_run]
-        if not ours:
+        installed = {(r.get("name"), r.get("namespace")) for r in listed}
+        present = {str(i.get("metadata", {}).get("name")) for i in found.get("items") or []}
+        ours = [r for r in RELEASES if r in installed or dry]
+        namespaces = [ns for ns in NAMESPACES if ns in present]
+        if not ours and not namespaces:
             return Outcome.GONE
-        run.before_change(f"uninstall Helm releases {', '.join(r for r, _ in ours)}")
+        what = [f"uninstall {', '.join(r for r, _ in ours)}"] if ours else []
+        if namespaces:
+            what.append(f"delete namespaces {', '.join(namespaces)}")
+        self._about_to(run, " and ".join(what))
+        if not with_helm:
+            run.note("helm not found: deleting the namespaces removes the releases' objects")
         for release, namespace in ours:
             run.note(f"uninstalling {release}")
             helm.run(
@@ -78,7 +130,8 @@ class Teardown:
                 "--timeout=10m",
                 timeout=900,
             )
-        for namespace in NAMESPACES:  # PVCs (Airflow's DAG disk) go with their namespace
+        for namespace in namespaces:
+            run.note(f"deleting namespace {namespace}")
             kubectl.run(
                 "delete",
                 "namespace",
@@ -96,7 +149,7 @@ class Teardown:
         found = gke.describe(self.g, self.n)
         if not self._exists(found):
             return Outcome.GONE
-        run.before_change(f"delete GKE cluster {self.n.cluster}")
+        self._about_to(run, f"delete GKE cluster {self.n.cluster}")
         if (found or {}).get("status") != "STOPPING":
             self.g.mutate(
                 "container",
@@ -123,11 +176,12 @@ class Teardown:
         if not names:
             return Outcome.GONE
         listed = ", ".join(names)
-        run.before_change(
+        self._about_to(
+            run,
             f"delete Cloud SQL instance {listed} and its backups"
             if self.delete_data
             else f"delete Cloud SQL instance {listed}, keeping a final backup for "
-            f"{FINAL_BACKUP_DAYS} days"
+            f"{FINAL_BACKUP_DAYS} days",
         )
         for name in names:
             busy = sql.pending_operations(self.g, name)
@@ -194,7 +248,7 @@ class Teardown:
     def peering(self, run: StepRun) -> Outcome:
         if not self.g.dry_run and not network.peerings(self.g, self.n):
             return Outcome.GONE
-        run.before_change(f"delete private services access on {self.n.network}")
+        self._about_to(run, f"delete private services access on {self.n.network}")
         self._delete_in_use(
             run,
             "removing private services access",
@@ -214,7 +268,7 @@ class Teardown:
     def _simple(self, run: StepRun, kind: list[str], name: str, scope: list[str]) -> Outcome:
         if not self._exists(self.g.describe(*kind, "describe", name, *scope)):
             return Outcome.GONE
-        run.before_change(f"delete {' '.join(kind[1:])} {name}")
+        self._about_to(run, f"delete {' '.join(kind[1:])} {name}")
         self._delete_in_use(
             run,
             f"deleting {name}",
@@ -242,7 +296,7 @@ class Teardown:
             set(b.get("members", [])) & ours for b in policy.get("bindings", [])
         ):
             return Outcome.GONE
-        run.before_change("remove the stack's project IAM bindings")
+        self._about_to(run, "remove the stack's project IAM bindings")
         iam.set_policy(self.g, ["projects", self.n.project], iam.without_members(policy, ours))
         return Outcome.DELETED
 
@@ -251,7 +305,7 @@ class Teardown:
         ours = [e for e in (self.n.workload_sa, self.n.node_sa) if e in have or self.g.dry_run]
         if not ours:
             return Outcome.GONE
-        run.before_change(f"delete service accounts {', '.join(ours)}")
+        self._about_to(run, f"delete service accounts {', '.join(ours)}")
         for email in ours:
             self.g.mutate("iam", "service-accounts", "delete", email, "--quiet", fmt=None)
         return Outcome.DELETED
@@ -262,7 +316,7 @@ class Teardown:
     def _plain(self, run: StepRun, kind: list[str], name: str) -> Outcome:
         if not self._exists(self.g.describe(*kind, "describe", name)):
             return Outcome.GONE
-        run.before_change(f"delete {kind[0].rstrip('s')} {name}")
+        self._about_to(run, f"delete {kind[0].rstrip('s')} {name}")
         self.g.mutate(*kind, "delete", name, "--quiet", fmt=None)
         return Outcome.DELETED
 
@@ -270,7 +324,7 @@ class Teardown:
         if not self._exists(storage.describe(self.g, self.n)):
             return Outcome.GONE
         url = f"gs://{self.n.data_bucket}"
-        run.before_change(f"EMPTY AND DELETE {url} (--delete-data)")
+        self._about_to(run, f"EMPTY AND DELETE {url} (--delete-data)")
         run.note(f"deleting every object in {url}")
         with contextlib.suppress(NotFound):  # NotFound: already empty
             self.g.mutate(

@@ -6,7 +6,7 @@ import pytest
 
 from metaflow_gcp import day2, infra, teardown
 from metaflow_gcp.errors import StackError
-from metaflow_gcp.graph import Outcome
+from metaflow_gcp.graph import Outcome, run_steps
 from tests.fakes.plugin import FakeCloud
 from tests.integration.stacks import make_stack, output
 
@@ -40,6 +40,23 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
     assert [row["resource"] for row in seen["resources"] if not row["exists"]] == []
     assert seen["state"]["db_generation"] == 0 and seen["state"]["lock"] is None
     assert seen["state"]["infra_converged"] is True
+
+    # The preview teardown shows before it asks: every line a removal, and nothing changed.
+    before = len(fake_cloud.requests)
+    look = make_stack(fake_cloud)
+    preview = run_steps(
+        teardown.Teardown(look, delete_data=False).steps(),
+        console=look.console,
+        title="preview",
+        plan=True,
+        keep_going=True,
+    )
+    planned = {n: s.note for n, s in preview.states.items() if s.outcome is Outcome.PLANNED}
+    assert set(planned) == {"gke", "sql", "peering", "psa_range", "subnet", "network",
+                            "bindings", "accounts", "secret"}, preview.states
+    assert all(note.startswith(("delete", "remove")) for note in planned.values()), planned
+    assert "keeping a final backup for 30 days" in planned["sql"]
+    assert [r for r in fake_cloud.requests[before:] if r.is_mutating] == []
 
     down = make_stack(fake_cloud)
     report = teardown.run(down)

@@ -176,6 +176,19 @@ def test_kubectl_failures_are_translated_too(fp: FakeProcess) -> None:
         Runner().run(["kubectl", "get", "pods"], mutating=False)
 
 
+def test_a_missing_gke_auth_plugin_is_a_login_problem_not_a_missing_object(
+    fp: FakeProcess,
+) -> None:
+    fp.register(
+        ["helm", "list"],
+        returncode=1,
+        stderr="Error: getting credentials: exec: executable gke-gcloud-auth-plugin not found\n",
+    )
+    with pytest.raises(errors.NotAuthenticated) as caught:
+        Runner().run(["helm", "list"], mutating=False)
+    assert "gcloud components install gke-gcloud-auth-plugin" in caught.value.one_line()
+
+
 def test_check_false_returns_the_failure_instead_of_raising(fp: FakeProcess) -> None:
     fp.register(["gcloud", "x"], returncode=2, stderr="nope")
     assert Runner().run(["gcloud", "x"], mutating=False, check=False).returncode == 2

@@ -1,0 +1,223 @@
+"""teardown's first step: the cluster is emptied before it is deleted, or teardown stops.
+
+Disks behind PersistentVolumeClaims (Airflow's DAGs and database) and load balancers behind
+Services outlive a deleted GKE cluster and keep costing money, so the step uninstalls our
+Helm releases and deletes our namespaces first. The conversation with gcloud, kubectl and
+helm is played by pytest-subprocess; which tools exist is decided by a PATH of stubs.
+"""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import yaml
+from pytest_subprocess import FakeProcess
+from rich.console import Console
+
+from metaflow_gcp import teardown
+from metaflow_gcp.app import Stack, open_stack
+from metaflow_gcp.graph import Outcome, Report, Step, run_steps
+
+SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
+CONTEXT = "gke_acme-ml-prod_us-west2-a_mf-dev"
+DESCRIBE = ["gcloud", "container", "clusters", "describe", "mf-dev", FakeProcess.any()]
+HELM_LIST = ["helm", f"--kube-context={CONTEXT}", "list", FakeProcess.any()]
+GET_NAMESPACES = ["kubectl", f"--context={CONTEXT}", "get", "namespaces", FakeProcess.any()]
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+def make_stack(tmp_path: Path, *, tools: tuple[str, ...], context: bool = True) -> Stack:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in tools:  # never run: pytest-subprocess answers
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 99\n")
+        (bin_dir / tool).chmod(0o755)
+    kubeconfig = tmp_path / "kubeconfig"
+    contexts = [{"name": CONTEXT, "context": {}}] if context else []
+    kubeconfig.write_text(yaml.safe_dump({"contexts": contexts}))
+    return open_stack(
+        SETTINGS,
+        yes=True,
+        env={"PATH": str(bin_dir), "KUBECONFIG": str(kubeconfig)},
+        console=Console(file=StringIO(), width=300, color_system=None),
+    )
+
+
+def output(stack: Stack) -> str:
+    file = stack.console.file
+    assert isinstance(file, StringIO)
+    return file.getvalue()
+
+
+def only_releases(stack: Stack) -> Report:
+    """The releases step alone."""
+    work = teardown.Teardown(stack, delete_data=False)
+    return run_steps(
+        [s for s in work.steps() if s.name == "releases"], console=stack.console, title="t"
+    )
+
+
+def empty_then_delete(stack: Stack) -> Report:
+    """The releases step and the cluster delete that waits for it."""
+    work = teardown.Teardown(stack, delete_data=False)
+    steps = [s for s in work.steps() if s.name in ("releases", "gke")]
+    return run_steps(
+        [Step(s.name, s.title, s.action, tuple(n for n in s.needs if n == "releases"))
+         for s in steps],
+        console=stack.console,
+        title="teardown",
+    )
+
+
+def cluster_is_running(fp: FakeProcess) -> None:
+    fp.register(DESCRIBE, stdout=json.dumps({"name": "mf-dev", "status": "RUNNING"}))
+
+
+def namespaces(*names: str) -> str:
+    return json.dumps({"items": [{"metadata": {"name": n}} for n in names]})
+
+
+def commands(fp: FakeProcess, program: str) -> list[list[str]]:
+    return [[str(a) for a in call] for call in fp.calls if str(call[0]) == program]
+
+
+def test_helm_uninstalls_our_releases_then_our_namespaces_go(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    listed = [
+        {"name": "metaflow", "namespace": "metaflow"},
+        {"name": "airflow", "namespace": "airflow"},
+        {"name": "someone-elses", "namespace": "default"},
+    ]
+    fp.register(HELM_LIST, stdout=json.dumps(listed))
+    fp.register(GET_NAMESPACES, stdout=namespaces("default", "metaflow", "airflow"))
+    fp.register(["helm", FakeProcess.any()], occurrences=2)
+    fp.register(["kubectl", FakeProcess.any()], occurrences=2)
+
+    report = only_releases(stack)
+
+    assert report.ok and report.outcomes()["releases"] is Outcome.DELETED
+    changes = [c[2:4] for c in commands(fp, "helm") + commands(fp, "kubectl")
+               if c[2] in ("uninstall", "delete")]
+    assert changes == [
+        ["uninstall", "airflow"],
+        ["uninstall", "metaflow"],
+        ["delete", "namespace"],
+        ["delete", "namespace"],
+    ]
+    deleted = [c[4] for c in commands(fp, "kubectl") if c[2] == "delete"]
+    assert deleted == ["airflow", "metaflow"], "only ours, and only those that exist"
+
+
+def test_without_helm_deleting_the_namespaces_empties_the_cluster(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl"))
+    cluster_is_running(fp)
+    fp.register(GET_NAMESPACES, stdout=namespaces("airflow", "argo", "metaflow"))
+    fp.register(["kubectl", FakeProcess.any()], occurrences=3)
+
+    report = only_releases(stack)
+
+    assert report.ok and report.outcomes()["releases"] is Outcome.DELETED
+    assert commands(fp, "helm") == []
+    assert [c[4] for c in commands(fp, "kubectl") if c[2] == "delete"] == [
+        "airflow",
+        "argo",
+        "metaflow",
+    ]
+
+
+def test_without_kubectl_teardown_stops_before_the_cluster_is_deleted(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "helm"))
+    cluster_is_running(fp)
+
+    report = empty_then_delete(stack)
+
+    assert not report.ok
+    failed = report.failed[0]
+    assert failed.step.name == "releases"
+    assert "'kubectl' was not found on PATH" in str(failed.error)
+    assert report.outcomes()["gke"] is None, "the cluster is not deleted with its disks inside"
+    assert not any("delete" in c for c in commands(fp, "gcloud"))
+
+
+def test_a_machine_without_the_clusters_credentials_fetches_them_first(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"), context=False)
+    cluster_is_running(fp)
+    fp.register(["gcloud", "container", "clusters", "get-credentials", FakeProcess.any()])
+    fp.register(HELM_LIST, stdout="[]")
+    fp.register(GET_NAMESPACES, stdout=namespaces("default"))
+
+    report = only_releases(stack)
+
+    assert report.outcomes()["releases"] is Outcome.GONE, "nothing of ours was on it"
+    programs = [[str(a) for a in c][:4] for c in fp.calls]
+    assert programs.index(["gcloud", "container", "clusters", "get-credentials"]) < (
+        programs.index(["helm", f"--kube-context={CONTEXT}", "list", "--all-namespaces"])
+    )
+
+
+def test_an_unreachable_cluster_is_skipped_with_a_word_about_its_disks(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    fp.register(
+        HELM_LIST,
+        returncode=1,
+        stderr="Error: Kubernetes cluster unreachable: Get \"https://34.1.2.3/version\": "
+        "dial tcp 34.1.2.3:443: connect: connection refused\n",
+    )
+
+    report = only_releases(stack)
+
+    assert report.outcomes()["releases"] is Outcome.SKIPPED
+    assert "gcloud compute disks list --filter=name~^pvc- --project=acme-ml-prod" in (
+        output(stack).replace("\n", "")
+    )
+
+
+def test_a_missing_auth_plugin_stops_teardown_instead_of_skipping(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    fp.register(
+        HELM_LIST,
+        returncode=1,
+        stderr="Error: getting credentials: exec: executable gke-gcloud-auth-plugin not found\n",
+    )
+
+    report = empty_then_delete(stack)
+
+    assert report.failed and report.failed[0].step.name == "releases"
+    assert report.outcomes()["gke"] is None
+
+
+def test_a_cluster_that_is_gone_is_not_contacted(fp: FakeProcess, tmp_path: Path) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    fp.register(
+        DESCRIBE,
+        returncode=1,
+        stderr="ERROR: (gcloud.container.clusters.describe) ResponseError: code=404, "
+        "message=Not found: projects/acme-ml-prod/zones/us-west2-a/clusters/mf-dev.\n",
+    )
+
+    report = only_releases(stack)
+
+    assert report.outcomes()["releases"] is Outcome.GONE
+    assert commands(fp, "helm") == [] and commands(fp, "kubectl") == []
