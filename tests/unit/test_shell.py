@@ -180,12 +180,12 @@ def test_a_missing_gke_auth_plugin_is_a_login_problem_not_a_missing_object(
     fp: FakeProcess,
 ) -> None:
     fp.register(
-        ["helm", "list"],
+        ["kubectl", "get", "namespaces"],
         returncode=1,
         stderr="Error: getting credentials: exec: executable gke-gcloud-auth-plugin not found\n",
     )
     with pytest.raises(errors.NotAuthenticated) as caught:
-        Runner().run(["helm", "list"], mutating=False)
+        Runner().run(["kubectl", "get", "namespaces"], mutating=False)
     assert "gcloud components install gke-gcloud-auth-plugin" in caught.value.one_line()
 
 
