@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -81,7 +82,6 @@ def reference_steps(runner: Runner, fake: FakeCloud, stack_name: str) -> list[St
                 stdin=stdin,
                 timeout=1800,
                 extra_env=extra or None,
-                detach_tty=bool(extra),
             )
             return Outcome.CREATED
 
@@ -196,16 +196,15 @@ def reference_steps(runner: Runner, fake: FakeCloud, stack_name: str) -> list[St
             chain(
                 gcloud("sql", "instances", "create", n.sql_instance(0), *sql.create_flags(s, n)),
                 gcloud("sql", "databases", "create", n.database, f"--instance={n.sql_instance(0)}"),
-                gcloud("sql", "users", "create", n.db_user, f"--instance={n.sql_instance(0)}"),
                 gcloud(
                     "sql",
                     "users",
-                    "set-password",
+                    "create",
                     n.db_user,
                     f"--instance={n.sql_instance(0)}",
-                    "--prompt-for-password",
-                    stdin=password + "\n",
-                    CLOUDSDK_CORE_DISABLE_PROMPTS="0",
+                    "--flags-file=-",
+                    stdin=json.dumps({"--password": password}),
+                    CLOUDSDK_CORE_DISABLE_FILE_LOGGING="1",
                 ),
             ),
             ("peering", "secret"),

@@ -108,7 +108,6 @@ class Runner:
         timeout: float | None = None,
         check: bool = True,
         secret_output: bool = False,
-        detach_tty: bool = False,
         dry_stdout: str = "",
         extra_env: Mapping[str, str] | None = None,
     ) -> Result:
@@ -117,7 +116,6 @@ class Runner:
         mutating: whether the command changes anything (shown in plans, counted in tests).
         stdin: data for the command's standard input - the only way secrets go in.
         secret_output: stdout is a secret; it is registered and never logged.
-        detach_tty: start in a new session so prompts (getpass) read stdin, not the terminal.
         dry_stdout: what a dry run pretends the command printed.
         extra_env: variables for this command only (applied last).
         """
@@ -143,7 +141,6 @@ class Runner:
                 text=True,
                 timeout=timeout or self.default_timeout,
                 env={**os.environ, **_QUIET_ENV, **self.env, **(extra_env or {})},
-                start_new_session=detach_tty,
                 check=False,
             )
         except subprocess.TimeoutExpired as expired:

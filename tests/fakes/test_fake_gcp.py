@@ -691,15 +691,25 @@ def test_sql_databases_users_and_password_from_stdin(fake_cloud: FakeCloud) -> N
     names = {d["name"] for d in ok_json(fake, "sql", "databases", "list", "--instance=psql-b")}
     assert names == {"postgres", "metaflow"}
 
-    ok(fake, "sql", "users", "create", "metaflow", "--instance=psql-b")
+    # PostgreSQL refuses a built-in user without a password.
+    err = fails(fake, "sql", "users", "create", "metaflow", "--instance=psql-b")
+    assert "Missing user password for PostgreSQL instance" in err
+
+    # --flags-file=- takes the flag from stdin, so the password is on no command line.
+    ok(
+        fake,
+        "sql",
+        "users",
+        "create",
+        "metaflow",
+        "--instance=psql-b",
+        "--flags-file=-",
+        stdin=json.dumps({"--password": "pw-from-stdin"}),
+    )
     users = {u["name"] for u in ok_json(fake, "sql", "users", "list", "--instance=psql-b")}
     assert users == {"postgres", "metaflow"}
-    assert "password" not in fake.state["sql_users"]["psql-b"]["metaflow"]
+    assert fake.state["sql_users"]["psql-b"]["metaflow"]["password"] == "pw-from-stdin"
 
-    # gcloud reads the password with getpass; in a new session there is no controlling
-    # terminal, so getpass falls back to stdin.  Prompts must be ENABLED for this one
-    # call: with CLOUDSDK_CORE_DISABLE_PROMPTS=1 (or --quiet) gcloud skips the prompt and
-    # silently sends no password at all (see the next test).
     ok(
         fake,
         "sql",
@@ -707,12 +717,10 @@ def test_sql_databases_users_and_password_from_stdin(fake_cloud: FakeCloud) -> N
         "set-password",
         "metaflow",
         "--instance=psql-b",
-        "--prompt-for-password",
-        stdin="pw-from-stdin\n",
-        new_session=True,
-        env={"CLOUDSDK_CORE_DISABLE_PROMPTS": "0"},
+        "--flags-file=-",
+        stdin=json.dumps({"--password": "pw-2"}),
     )
-    assert fake.state["sql_users"]["psql-b"]["metaflow"]["password"] == "pw-from-stdin"
+    assert fake.state["sql_users"]["psql-b"]["metaflow"]["password"] == "pw-2"
 
 
 def test_sql_set_password_with_prompts_disabled_sends_no_password(fake_cloud: FakeCloud) -> None:

@@ -194,12 +194,6 @@ def test_check_false_returns_the_failure_instead_of_raising(fp: FakeProcess) -> 
     assert Runner().run(["gcloud", "x"], mutating=False, check=False).returncode == 2
 
 
-def test_detach_tty_starts_the_child_in_its_own_session(fp: FakeProcess) -> None:
-    fp.register(["gcloud", "sql", "users", "set-password"])
-    Runner().run(["gcloud", "sql", "users", "set-password"], mutating=True, detach_tty=True)
-    assert fp.calls[0] == ["gcloud", "sql", "users", "set-password"]
-
-
 def test_gcloud_never_waits_on_a_prompt(fp: FakeProcess) -> None:
     seen: dict[str, str] = {}
 

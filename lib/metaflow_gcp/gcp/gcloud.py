@@ -73,7 +73,6 @@ class Gcloud:
         stdin: str | None = None,
         timeout: float | None = None,
         fmt: str | None = "json",
-        detach_tty: bool = False,
         dry_stdout: str = "",
         extra_env: dict[str, str] | None = None,
     ) -> Result:
@@ -82,7 +81,6 @@ class Gcloud:
             mutating=True,
             stdin=stdin,
             timeout=timeout,
-            detach_tty=detach_tty,
             dry_stdout=dry_stdout,
             extra_env=extra_env,
         )

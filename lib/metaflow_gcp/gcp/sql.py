@@ -7,6 +7,7 @@ starting right after creation, say) is waited out rather than reported.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ from metaflow_gcp.graph import Outcome, StepRun
 CREATE_TIMEOUT = 45 * 60.0
 BUSY_TIMEOUT = 15 * 60.0
 T = TypeVar("T")
+# gcloud logs every parsed flag, --password included, to its log files unless told not to.
+NO_FILE_LOG = {"CLOUDSDK_CORE_DISABLE_FILE_LOGGING": "1"}
 
 
 def create_flags(s: Settings, n: Names) -> list[str]:
@@ -188,10 +191,10 @@ def ensure_user(
 ) -> Outcome:
     """The `metaflow` user, whose password only ever travels on stdin.
 
-    `gcloud sql users create` takes a password only as an argument (visible to every
-    local user), so the user is created without one and the password set through
-    `set-password --prompt-for-password`, fed on stdin from a process with no terminal
-    (getpass then reads stdin) and with prompts enabled for that one command.
+    Cloud SQL for PostgreSQL refuses a built-in user without a password, and gcloud takes
+    one only as `--password` (a command line any local user can read) or from a prompt.
+    So the flag comes from `--flags-file=-`, that is from stdin, and gcloud's file log
+    (which records every parsed flag) is off for these commands.
     password_known_set: the state file says a past run finished setting it.
     password: gives the password (from memory if this run made it, else Secret Manager).
     """
@@ -202,32 +205,27 @@ def ensure_user(
     if exists and password_known_set:
         return Outcome.KEPT
     run.before_change(f"create database user {n.db_user} on {instance}")
-    if not exists:
-        try:
-            _retry_busy(
-                run,
-                lambda: gcloud.mutate(
-                    "sql", "users", "create", n.db_user, f"--instance={instance}", timeout=900
-                ),
-            )
-        except AlreadyExists:
-            exists = True
     secret = password()
-    _retry_busy(
-        run,
-        lambda: gcloud.mutate(
+
+    def with_password(verb: str) -> object:
+        return gcloud.mutate(
             "sql",
             "users",
-            "set-password",
+            verb,
             n.db_user,
             f"--instance={instance}",
-            "--prompt-for-password",
-            stdin=secret + "\n",
-            detach_tty=True,
-            # With prompts disabled gcloud would silently send *no* password.
-            extra_env={"CLOUDSDK_CORE_DISABLE_PROMPTS": "0"},
+            "--flags-file=-",
+            stdin=json.dumps({"--password": secret}),
+            extra_env=NO_FILE_LOG,
             timeout=900,
             fmt=None,
-        ),
-    )
+        )
+
+    if not exists:
+        try:
+            _retry_busy(run, lambda: with_password("create"))
+        except AlreadyExists:
+            exists = True  # made by a run that stopped before it was recorded: set it anew
+    if exists:
+        _retry_busy(run, lambda: with_password("set-password"))
     return Outcome.CREATED if not exists else Outcome.UPDATED

@@ -388,6 +388,9 @@ class Sql:
             raise ApiError(
                 409, f'Invalid request: user "{name}" already exists.', reason="alreadyExists"
             )
+        database_version = str(self._inst(c).get("databaseVersion", ""))
+        if database_version.startswith("POSTGRES") and not body.get("password"):
+            raise bad_request("Missing user password for PostgreSQL instance.")
         user = self._user_resource(instance, name, body.get("host", ""))
         if body.get("password") is not None:
             user["password"] = body["password"]
