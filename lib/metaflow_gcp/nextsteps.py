@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 METAFLOW_NAMESPACE = "metaflow"
 METAFLOW_KSA = "metaflow"
 AIRFLOW_NAMESPACE = "airflow"
-AIRFLOW_KSA = "airflow-scheduler"  # values/airflow.yaml scheduler.serviceAccount.name
+# Airflow's Metaflow step pods run as their own account (services.up creates it, with Workload
+# Identity and no RBAC), never as the scheduler's, which holds Airflow's pod-launcher Role.
+AIRFLOW_JOBS_KSA = "metaflow"
 METADATA_SERVICE = "metadata-service"  # charts/metaflow/templates/metadata-service.yaml
 EVENT_SOURCE = "argo-events-webhook"  # charts/metaflow-argo-events webhook.eventSourceName
 EVENT_NAME = "metaflow-event"  # webhook.eventName
@@ -118,12 +120,14 @@ def metaflow_profiles(names: Names, *, argo: bool, airflow: bool) -> list[Profil
     """The config files for what the stack runs.
 
     Metaflow jobs run in `metaflow` as `metaflow`, except for Airflow: its pod-launcher
-    RBAC only covers Airflow's own namespace, so Airflow's steps must run there as the
-    scheduler's account. With both, the default profile is Argo's and Airflow gets its own.
+    RBAC only covers Airflow's own namespace, so Airflow's steps must run there, as the
+    `metaflow` account of that namespace (Google access, no Kubernetes permissions; the
+    scheduler's own account could exec into the scheduler). With both, the default profile
+    is Argo's and Airflow gets its own.
     """
     base = base_config(names)
     metaflow_jobs = jobs_config(METAFLOW_NAMESPACE, METAFLOW_KSA)
-    airflow_jobs = jobs_config(AIRFLOW_NAMESPACE, AIRFLOW_KSA)
+    airflow_jobs = jobs_config(AIRFLOW_NAMESPACE, AIRFLOW_JOBS_KSA)
     if argo and airflow:
         return [
             Profile("", {**base, **metaflow_jobs, **argo_config()}, "Argo Workflows, @kubernetes"),

@@ -7,9 +7,13 @@ the same time, and one failed release does not stop the others):
     namespace metaflow -> Secret metaflow-db ------------+-> release metaflow
     namespace metaflow -> release argo-workflows            (writes a Role into metaflow)
     release argo-events + namespace metaflow -> release metaflow-argo-events (needs the CRDs)
-    namespace airflow + Secrets airflow-webserver-secret, airflow-postgres -> release airflow
+    namespace airflow -> Secrets airflow-webserver-secret, airflow-postgres --+-> release airflow
+    namespace airflow -> ServiceAccount airflow/metaflow (Airflow's step pods) -+
     switched off: uninstall metaflow-argo-events -> argo-events; argo-workflows; airflow
-                  -> drop airflow's Workload Identity binding
+                  -> drop the Workload Identity binding of airflow/metaflow
+
+Airflow's step pods run as airflow/metaflow (Google access, no Kubernetes permissions), not
+as the scheduler's account, which holds the chart's pod-launcher Role (pods/exec included).
 
 Re-runs do not churn: a release that is deployed with the same chart version and the
 same values is left alone, and the DB Secret is only rewritten when Secret Manager has
@@ -52,6 +56,11 @@ AIRFLOW_DB_SECRET = "airflow-postgres"  # noqa: S105 - values/airflow.yaml
 AIRFLOW_DB_PASSWORD_KEY = "postgres-password"  # noqa: S105
 AIRFLOW_DB_URL_KEY = "connection"
 AIRFLOW_DB_HOST = "airflow-postgresql.airflow"
+# Airflow's Metaflow step pods run as this account of the airflow namespace: Workload Identity,
+# no RBAC. Not the scheduler's account (values/airflow.yaml), which holds the chart's
+# pod-launcher Role, pods/exec included, and needs no Google access.
+AIRFLOW_JOBS_KSA = nextsteps.AIRFLOW_JOBS_KSA
+WI_ANNOTATION = "iam.gke.io/gcp-service-account"
 # Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
 # field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
 VERSION_ANNOTATION = "metaflow-gcp/secret-version"
@@ -271,22 +280,8 @@ def releases_for(
         upstream("argo-workflows", ARGO_NS),
         upstream("argo-events", ARGO_EVENTS_NS),
         local("metaflow-argo-events"),
-        upstream(
-            "airflow",
-            AIRFLOW_NS,
-            set_string=(
-                (
-                    (
-                        "scheduler",
-                        "serviceAccount",
-                        "annotations",
-                        "iam.gke.io/gcp-service-account",
-                    ),
-                    gsa,
-                ),
-            ),
-            timeout_minutes=15,
-        ),
+        # No Google identity for the scheduler: the step pods it launches have their own.
+        upstream("airflow", AIRFLOW_NS, timeout_minutes=15),
     ]
     return {release.name: release for release in found}
 
@@ -318,10 +313,10 @@ class ServicesRun:
     # -- Workload Identity --------------------------------------------------------------
 
     def wanted_ksas(self) -> list[tuple[str, str]]:
-        """Metaflow's KSA always; Airflow's scheduler when Airflow is on (it launches steps)."""
+        """Metaflow's KSA always; the Airflow step pods' KSA when Airflow is on."""
         ksas = [(METAFLOW_NS, nextsteps.METAFLOW_KSA)]
         if self.stack.settings.deploy_airflow:
-            ksas.append((AIRFLOW_NS, nextsteps.AIRFLOW_KSA))
+            ksas.append((AIRFLOW_NS, AIRFLOW_JOBS_KSA))
         return ksas
 
     def ensure_workload_identity(self, run: StepRun) -> Outcome:
@@ -330,11 +325,10 @@ class ServicesRun:
         )
 
     def prune_workload_identity(self, run: StepRun) -> Outcome:
-        """Airflow is off: its scheduler no longer needs to act as the workload account."""
+        """Airflow is off: its step pods' account no longer needs to act as the workload GSA."""
         g, n = self.stack.gcloud, self.stack.names
         unwanted = {
-            b.member
-            for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, nextsteps.AIRFLOW_KSA)])
+            b.member for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, AIRFLOW_JOBS_KSA)])
         }
         for attempt in range(5):
             policy = g.read("iam", "service-accounts", "get-iam-policy", n.workload_sa, dry={})
@@ -458,12 +452,34 @@ class ServicesRun:
         password only when it first initialises its volume, so replacing it later would lock
         Airflow out.
         """
-        created_ns = self.ensure_namespace(AIRFLOW_NS, run) is Outcome.CREATED
         made = [
             self._create_secret_once(AIRFLOW_NS, AIRFLOW_SECRET, _webserver_key, run),
             self._create_secret_once(AIRFLOW_NS, AIRFLOW_DB_SECRET, _airflow_db_secret, run),
         ]
-        return Outcome.CREATED if created_ns or any(made) else Outcome.KEPT
+        return Outcome.CREATED if any(made) else Outcome.KEPT
+
+    def ensure_airflow_jobs_account(self, run: StepRun) -> Outcome:
+        """ServiceAccount airflow/metaflow for the step pods: the Workload Identity annotation
+        and nothing else (no Role binds it). Applied only when missing or pointing elsewhere."""
+        gsa = self.stack.names.workload_sa
+        current = self.kubectl.get("serviceaccount", AIRFLOW_JOBS_KSA, namespace=AIRFLOW_NS)
+        metadata = current.get("metadata") if current else None
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        if isinstance(annotations, dict) and annotations.get(WI_ANNOTATION) == gsa:
+            return Outcome.KEPT
+        verb = "update" if current is not None else "create"
+        run.before_change(f"{verb} ServiceAccount {AIRFLOW_JOBS_KSA}")
+        self.kubectl.run(
+            "apply",
+            "--server-side",
+            f"--field-manager={FIELD_MANAGER}",
+            "--force-conflicts",
+            "-f",
+            "-",
+            namespace=AIRFLOW_NS,
+            stdin=service_account_manifest(AIRFLOW_JOBS_KSA, AIRFLOW_NS, {WI_ANNOTATION: gsa}),
+        )
+        return Outcome.UPDATED if current is not None else Outcome.CREATED
 
     def _create_secret_once(
         self,
@@ -552,6 +568,22 @@ def secret_manifest(
             "metadata": metadata,
             "type": "Opaque",
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+    )
+
+
+def service_account_manifest(name: str, namespace: str, annotations: dict[str, str]) -> str:
+    """A ServiceAccount as JSON for `kubectl apply -f -`."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": MANAGED_LABELS,
+                "annotations": annotations,
+            },
         }
     )
 
@@ -648,11 +680,23 @@ def build_steps(
     if s.deploy_airflow:
         steps += [
             Step(
+                "ns:airflow",
+                f"namespace {AIRFLOW_NS}",
+                lambda r: run.ensure_namespace(AIRFLOW_NS, r),
+            ),
+            Step(
                 "secret:airflow",
                 f"Secrets {AIRFLOW_NS}/{AIRFLOW_SECRET}, {AIRFLOW_DB_SECRET}",
                 run.ensure_airflow_secrets,
+                ("ns:airflow",),
             ),
-            release_step("airflow", ("secret:airflow",)),
+            Step(
+                "ksa:airflow",
+                f"ServiceAccount {AIRFLOW_NS}/{AIRFLOW_JOBS_KSA} (Airflow's step pods)",
+                run.ensure_airflow_jobs_account,
+                ("ns:airflow",),
+            ),
+            release_step("airflow", ("secret:airflow", "ksa:airflow")),
         ]
     removed: set[str] = set()
     for installed in removals:
@@ -669,11 +713,12 @@ def build_steps(
         )
         removed.add(installed.name)
     if not s.deploy_airflow:
+        # After the uninstall, so Airflow's steps keep their identity until they are gone.
         needs = ("wi", "remove:airflow") if "airflow" in removed else ("wi",)
         steps.append(
             Step(
                 "wi:prune",
-                f"Workload Identity ({AIRFLOW_NS}/{nextsteps.AIRFLOW_KSA} not needed)",
+                f"Workload Identity ({AIRFLOW_NS}/{AIRFLOW_JOBS_KSA} not needed)",
                 run.prune_workload_identity,
                 needs,
             )

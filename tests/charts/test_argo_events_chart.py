@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -253,12 +255,16 @@ def test_sensor_service_account_can_operate_workflows(scenario: tuple[Values, Re
     ]
 
 
+# The plurals the pinned Argo Events CRDs register (argo-events chart 2.4.22, templates/crds):
+# RBAC matches these names exactly, and the EventBus CRD's plural is "eventbus", not
+# "eventbuses" (a rule naming "eventbuses" grants nothing).
+EVENT_PLURALS = ("eventsources", "eventbus", "sensors")
+
+
 def test_argo_server_account_can_view_event_objects(scenario: tuple[Values, Rendered]) -> None:
     values, rendered = scenario
     assert grants(rendered.get("Role", "view-events-role")) == {
-        ("argoproj.io", r, v)
-        for r in ("eventsources", "eventbuses", "sensors")
-        for v in ("get", "list", "watch")
+        ("argoproj.io", r, v) for r in EVENT_PLURALS for v in ("get", "list", "watch")
     }
     binding = rendered.get("RoleBinding", "view-events-role-binding")
     assert binding["roleRef"]["name"] == "view-events-role"
@@ -269,6 +275,30 @@ def test_argo_server_account_can_view_event_objects(scenario: tuple[Values, Rend
             "namespace": values["argoServer"]["namespace"],
         }
     ]
+
+
+@pytest.mark.skipif(not os.environ.get("UPSTREAM_CHARTS_DIR"), reason="UPSTREAM_CHARTS_DIR not set")
+def test_event_plurals_are_the_ones_the_pinned_argo_events_crds_register(
+    versions: dict[str, dict[str, str]],
+) -> None:
+    """Checked against the CRDs themselves when the pinned chart is unpacked (see
+    test_upstream_values.py for UPSTREAM_CHARTS_DIR)."""
+    pin = versions["argo-events"]["version"]
+    chart_dir = Path(os.environ["UPSTREAM_CHARTS_DIR"]) / f"argo-events-{pin}"
+    if not chart_dir.is_dir():
+        pytest.skip(f"{chart_dir} not unpacked")
+    upstream = render_chart(
+        chart_dir,
+        load_yaml(VALUES_DIR / "argo-events.yaml"),
+        release="argo-events",
+        namespace="argo-events",
+    )
+    registered = {
+        crd["spec"]["names"]["kind"]: crd["spec"]["names"]["plural"]
+        for crd in upstream.of_kind("CustomResourceDefinition")
+    }
+    wanted = {registered[kind] for kind in ("EventSource", "EventBus", "Sensor")}
+    assert set(EVENT_PLURALS) == wanted
 
 
 def test_view_events_binding_names_the_account_the_argo_chart_creates(defaults: Rendered) -> None:

@@ -41,7 +41,7 @@ STACK_VALUES: Values = {
         "passwordSecret": {"name": "metaflow-db-credentials", "key": "pg-password"},
     },
     "datastore": {"sysroot": "gs://acme-ml-metaflow/metaflow"},
-    "ui": {"backendUrl": "http://localhost:18083/api"},
+    "ui": {"backendUrl": "http://localhost:18083/api", "corsOrigin": "http://localhost:13000"},
     "argoWorkflows": {"enabled": True},
 }
 WITHOUT_ARGO: Values = merged(STACK_VALUES, {"argoWorkflows": {"enabled": False}})
@@ -299,9 +299,20 @@ def test_database_password_comes_from_the_configured_secret(
 # --- no secrets -------------------------------------------------------------------------------
 
 
-def test_chart_creates_no_secret(scenario: tuple[Values, Rendered]) -> None:
-    _, rendered = scenario
-    assert rendered.of_kind("Secret") == []
+def test_the_only_secret_is_a_service_account_token_that_carries_no_data(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    """The chart supplies no secret material. The one Secret it may render is a request for a
+    service account token (the Argo agent's), which Kubernetes' token controller fills in."""
+    values, rendered = scenario
+    for secret in rendered.of_kind("Secret"):
+        name = secret["metadata"]["name"]
+        assert secret["type"] == "kubernetes.io/service-account-token", name
+        assert "data" not in secret, name
+        assert "stringData" not in secret, name
+    token = f"{values['serviceAccount']['name']}.service-account-token"
+    expected = {token} if values["argoWorkflows"]["enabled"] else set()
+    assert rendered.names("Secret") == expected
 
 
 CANARY = "canary-S3cr3t-7f3a9e"
@@ -478,6 +489,8 @@ def test_a_renamed_service_account_is_used_everywhere() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "mf-jobs", "namespace": NAMESPACE}
     ]
+    token = rendered.get("Secret", "mf-jobs.service-account-token")
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "mf-jobs"}
 
 
 # --- UI wiring --------------------------------------------------------------------------------
@@ -508,6 +521,30 @@ def test_ui_backend_reads_the_gcs_datastore_and_the_in_cluster_metadata_service(
     assert {k: env[k]["value"] for k in expected} == expected
 
 
+def test_ui_backend_accepts_cross_origin_calls_from_the_configured_ui_origin(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    """The browser loads the UI from one port and calls the backend on another; without an
+    allowed origin the backend answers the CORS preflight with 405."""
+    values, rendered = scenario
+    env = env_of(container(rendered.get("Deployment", "metaflow-ui-backend"), "ui-backend"))
+    assert env["ORIGIN_TO_ALLOW_CORS_FROM"]["value"] == values["ui"]["corsOrigin"]
+
+
+def test_ui_backend_accepts_any_origin_by_default() -> None:
+    env = env_of(container(render(None).get("Deployment", "metaflow-ui-backend"), "ui-backend"))
+    assert env["ORIGIN_TO_ALLOW_CORS_FROM"]["value"] == "*"
+
+
+@pytest.mark.parametrize(
+    "origin", ["", "localhost:3000", "http://localhost:3000/", "http://localhost:3000/api"]
+)
+def test_a_cors_origin_that_is_not_an_origin_is_refused(origin: str) -> None:
+    """An origin is scheme://host[:port]; the browser never sends a path or trailing slash, so
+    such a value would silently match nothing."""
+    assert "corsOrigin" in refused(merged(STACK_VALUES, {"ui": {"corsOrigin": origin}}))
+
+
 def test_notes_print_the_client_settings_for_this_install(stack: Rendered) -> None:
     assert "METAFLOW_SERVICE_INTERNAL_URL=http://metadata-service.metaflow.svc:8080/" in (
         stack.notes
@@ -528,7 +565,28 @@ def test_argo_executor_role_exists_only_when_argo_is_enabled(
     assert rendered.names("RoleBinding") == expected
 
 
-def test_argo_executor_role_lets_steps_report_their_results(stack: Rendered) -> None:
+def test_argo_agent_gets_the_token_secret_kubernetes_no_longer_creates(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    """Argo's agent pod (HTTP templates: Metaflow's notification exit hooks) acts as the
+    workflow's service account and mounts its token from `<account>.service-account-token`.
+    Kubernetes >= 1.24 only makes that Secret when asked, by one of this type and annotation."""
+    values, rendered = scenario
+    account = values["serviceAccount"]["name"]
+    if not values["argoWorkflows"]["enabled"]:
+        assert rendered.of_kind("Secret") == []
+        return
+    token = rendered.get("Secret", f"{account}.service-account-token")
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": account}
+    assert rendered.names("ServiceAccount") == {account}  # the account it names is ours
+
+
+def test_argo_executor_role_lets_steps_and_the_agent_report_their_results(
+    stack: Rendered,
+) -> None:
+    """Executors write WorkflowTaskResults; the agent watches the WorkflowTaskSet and patches
+    its status. Argo's own chart grants only the former (agentPermissions is off)."""
     rules = stack.get("Role", "metaflow-argo-workflows-executor")["rules"]
     granted = {
         (resource, verb)

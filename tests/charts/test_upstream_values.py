@@ -16,9 +16,11 @@ from typing import Any
 
 import helm_python
 import pytest
+import yaml
 
 from tests.charts.conftest import (
     ARGO_EVENTS_CHART,
+    METAFLOW_CHART,
     VALUES_DIR,
     Values,
     load_yaml,
@@ -146,6 +148,24 @@ def test_argo_workflows_use_the_metaflow_service_account_without_creating_it(
     assert workflow["rbac"]["create"] is True
 
 
+def test_argo_workflows_run_as_the_metaflow_account_where_metaflow_sets_none(
+    argo_workflows: Values,
+) -> None:
+    """Metaflow names a service account on each step template, not on the Workflow; Argo's
+    agent pod (HTTP templates, i.e. Metaflow's notification exit hooks) runs as the
+    workflow-level account, which would otherwise be `default`. charts/metaflow gives that
+    account the agent's RBAC and its token Secret."""
+    from metaflow_gcp import nextsteps
+
+    metaflow_chart = load_yaml(METAFLOW_CHART / "values.yaml")
+    account = argo_workflows["controller"]["workflowDefaults"]["spec"]["serviceAccountName"]
+    assert account == argo_workflows["workflow"]["serviceAccount"]["name"]
+    assert account == metaflow_chart["serviceAccount"]["name"] == nextsteps.METAFLOW_KSA
+    assert metaflow_chart["argoWorkflows"]["enabled"] is True
+    rendered = render_chart(METAFLOW_CHART, None, release="metaflow", namespace="metaflow")
+    assert f"{account}.service-account-token" in rendered.names("Secret")
+
+
 def test_argo_server_is_a_port_forward_only_ui(argo_workflows: Values) -> None:
     server = argo_workflows["server"]
     assert server["enabled"] is True
@@ -220,7 +240,7 @@ def test_airflow_scheduler_account_has_a_fixed_name(airflow: Values) -> None:
     account = airflow["scheduler"]["serviceAccount"]
     assert account["create"] is True
     assert account["name"] == "airflow-scheduler"
-    # The Workload Identity annotation is added at deploy time with --set-string.
+    # No Google identity: Metaflow's step pods run as their own account (airflow/metaflow).
     assert "annotations" not in account
 
 
@@ -305,3 +325,23 @@ def test_values_fit_the_pinned_upstream_chart(
     release, namespace = RELEASES[name]
     rendered = render_chart(chart_dir, ours, release=release, namespace=namespace)
     assert rendered.manifests
+
+
+@pytest.mark.skipif(not os.environ.get("UPSTREAM_CHARTS_DIR"), reason="UPSTREAM_CHARTS_DIR not set")
+def test_the_pinned_argo_chart_hands_the_workflow_account_to_the_controller(
+    versions: dict[str, dict[str, str]],
+) -> None:
+    """controller.workflowDefaults is a free-form map, so the key check above cannot catch a
+    misplaced key: look at what the controller actually reads."""
+    name = "argo-workflows"
+    chart_dir = Path(os.environ["UPSTREAM_CHARTS_DIR"]) / f"{name}-{versions[name]['version']}"
+    if not chart_dir.is_dir():
+        pytest.skip(f"{chart_dir} not unpacked")
+    release, namespace = RELEASES[name]
+    ours: Values = load_yaml(VALUES_DIR / f"{name}.yaml")
+    rendered = render_chart(chart_dir, ours, release=release, namespace=namespace)
+    [config_map] = [
+        m for m in rendered.of_kind("ConfigMap") if m["metadata"]["name"].endswith("-configmap")
+    ]
+    config = yaml.safe_load(config_map["data"]["config"])
+    assert config["workflowDefaults"]["spec"]["serviceAccountName"] == "metaflow"

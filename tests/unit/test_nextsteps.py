@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from rich.console import Console
 
 from metaflow_gcp import nextsteps
@@ -25,6 +26,7 @@ from metaflow_gcp.app import Stack, open_stack
 from metaflow_gcp.config import Names, validate
 from metaflow_gcp.nextsteps import Profile, WriteStatus
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
 NAMES: Names = validate(SETTINGS).names()
 ROOT_GS = "gs://acme-acme-ml-prod-mf-dev/metaflow"
@@ -41,9 +43,11 @@ METAFLOW_JOBS = {
     "METAFLOW_KUBERNETES_NAMESPACE": "metaflow",
     "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "metaflow",
 }
+# Airflow's step pods run in Airflow's namespace as its `metaflow` account (Workload Identity,
+# no RBAC), never as the scheduler's account with its pod-launcher Role.
 AIRFLOW_JOBS = {
     "METAFLOW_KUBERNETES_NAMESPACE": "airflow",
-    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "airflow-scheduler",
+    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "metaflow",
 }
 ARGO = {
     "METAFLOW_ARGO_EVENTS_EVENT_BUS": "default",
@@ -78,8 +82,18 @@ def test_argo_only_is_one_default_profile_with_jobs_in_metaflow_and_the_event_ob
     assert configs(argo=True, airflow=False) == {"": {**BASE, **METAFLOW_JOBS, **ARGO}}
 
 
-def test_airflow_only_runs_jobs_in_airflows_namespace_as_the_scheduler() -> None:
+def test_airflow_only_runs_jobs_in_airflows_namespace_as_its_own_step_account() -> None:
     assert configs(argo=False, airflow=True) == {"": {**BASE, **AIRFLOW_JOBS}}
+
+
+def test_airflow_steps_never_run_as_the_schedulers_account() -> None:
+    """The scheduler's account holds Airflow's pod-launcher Role, pods/exec included."""
+    values = yaml.safe_load((REPO_ROOT / "values" / "airflow.yaml").read_text(encoding="utf-8"))
+    scheduler = values["scheduler"]["serviceAccount"]["name"]
+    for argo in (False, True):
+        for config in configs(argo=argo, airflow=True).values():
+            if config["METAFLOW_KUBERNETES_NAMESPACE"] == "airflow":
+                assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] != scheduler
 
 
 def test_both_make_argo_the_default_and_airflow_a_profile() -> None:
@@ -202,7 +216,7 @@ def test_metaflow_loads_the_airflow_profile_with_airflows_namespace(tmp_path: Pa
     seen = metaflow_sees(home, profile="airflow")
 
     assert seen["KUBERNETES_NAMESPACE"] == "airflow"
-    assert seen["KUBERNETES_SERVICE_ACCOUNT"] == "airflow-scheduler"
+    assert seen["KUBERNETES_SERVICE_ACCOUNT"] == "metaflow"  # not airflow-scheduler
     assert seen["DATASTORE_SYSROOT_GS"] == ROOT_GS and seen["DEFAULT_METADATA"] == "service"
     assert seen["SERVICE_INTERNAL_URL"] == BASE["METAFLOW_SERVICE_INTERNAL_URL"]
     assert seen["ARGO_EVENTS_EVENT_SOURCE"] is None  # no Argo keys in Airflow's profile

@@ -132,6 +132,7 @@ class FakeCluster:
         self.lock = threading.Lock()
         self.namespaces = {"default", "kube-system"}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
         self.releases: dict[tuple[str, str], HelmRelease] = {}
         self.policy: dict[str, Any] = {"etag": "BwYA", "bindings": []}
         self.secret_version = SECRET_V3
@@ -155,10 +156,11 @@ class FakeCluster:
 
     def stdin(self, text: str) -> None:
         manifest = json.loads(text)
-        assert manifest["kind"] == "Secret"
+        stores = {"Secret": self.secrets, "ServiceAccount": self.service_accounts}
+        assert manifest["kind"] in stores, f"unexpected manifest on stdin: {manifest['kind']}"
         with self.lock:
             key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-            self.secrets[key] = manifest
+            stores[manifest["kind"]][key] = manifest
 
     # -- the commands --------------------------------------------------------------------
 
@@ -211,9 +213,15 @@ class FakeCluster:
                 return 0, secret["metadata"]["name"], ""
             key = wanted.removeprefix("jsonpath={.metadata.annotations.").removesuffix("}")
             return 0, secret["metadata"].get("annotations", {}).get(key, ""), ""
+        if words[:2] == ["get", "serviceaccount"]:
+            account = self.service_accounts.get((ns or "default", words[2]))
+            if account is None:
+                missing = f'serviceaccounts "{words[2]}" not found'
+                return 1, "", f"Error from server (NotFound): {missing}"
+            return 0, json.dumps(account), ""
         if words[:1] in (["apply"], ["create"]) and argv[-2:] == ["-f", "-"]:
             self.mutations.append(argv)
-            return 0, "secret configured", ""
+            return 0, "configured", ""
         self.problems.append(f"unexpected kubectl call: {argv}")
         return 1, "", "error: not faked"
 
@@ -680,17 +688,10 @@ def test_no_argo_with_airflow_installs_metaflow_and_airflow_only(
     assert cluster.release_names() == {"metaflow", "airflow"}
     assert "argoWorkflows.enabled=false" in helm_upgrade(run, "metaflow")
     airflow = helm_upgrade(run, "airflow")
-    assert airflow[airflow.index("--set-string") + 1] == (
-        f"scheduler.serviceAccount.annotations.iam\\.gke\\.io/gcp-service-account={GSA}"
-    )
     assert flag(airflow, "--namespace") == "airflow" and flag(airflow, "--timeout") == "15m"
-    values = cluster.releases[("airflow", "airflow")].values
-    assert values["scheduler"]["serviceAccount"]["annotations"] == {
-        "iam.gke.io/gcp-service-account": GSA
-    }
     assert cluster.wi_members() == {
         f"serviceAccount:{POOL}[metaflow/metaflow]",
-        f"serviceAccount:{POOL}[airflow/airflow-scheduler]",
+        f"serviceAccount:{POOL}[airflow/metaflow]",
     }
     secret = cluster.secrets[("airflow", "airflow-webserver-secret")]
     key = base64.b64decode(secret["data"]["webserver-secret-key"]).decode()
@@ -708,6 +709,53 @@ def test_no_argo_with_airflow_installs_metaflow_and_airflow_only(
     assert run.index("create", "namespace", "airflow") < run.index("create", "-f", "-")
     assert run.index("create", "-f", "-") < run.index("upgrade", "--install", "airflow")
     assert not any("argo" in argv[4] for argv in run.argvs() if "--install" in argv)
+
+
+def test_airflow_step_pods_get_their_own_account_with_google_access_and_no_rbac(
+    cluster: FakeCluster, up: Up
+) -> None:
+    """Step pods used to run as airflow-scheduler, whose pod-launcher Role (pods/exec among it)
+    would let flow code exec into the scheduler. Now they run as airflow/metaflow: the Workload
+    Identity annotation and binding, no Role, and the scheduler has no Google identity."""
+    run = up(argo=False, airflow=True)
+
+    account = cluster.service_accounts[("airflow", "metaflow")]
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": GSA}
+    assert set(account) == {"apiVersion", "kind", "metadata"}
+    assert f"serviceAccount:{POOL}[airflow/metaflow]" in cluster.wi_members()
+    assert f"serviceAccount:{POOL}[airflow/airflow-scheduler]" not in cluster.wi_members()
+    applied = [json.loads(stdin)["kind"] for _, stdin in run.calls if stdin]
+    assert "ServiceAccount" in applied
+    assert set(applied) <= {"Secret", "ServiceAccount"}  # no Role, no RoleBinding
+    # Applied on stdin, server-side, after its namespace and before the release that uses it.
+    sa_apply = next(
+        i
+        for i, (_, stdin) in enumerate(run.calls)
+        if stdin and json.loads(stdin)["kind"] == "ServiceAccount"
+    )
+    assert run.argvs()[sa_apply][2:5] == ["--namespace=airflow", "apply", "--server-side"]
+    assert run.index("create", "namespace", "airflow") < sa_apply
+    assert sa_apply < run.index("upgrade", "--install", "airflow")
+    airflow = helm_upgrade(run, "airflow")
+    assert "--set-string" not in airflow and "--set" not in airflow
+    values = cluster.releases[("airflow", "airflow")].values
+    assert "annotations" not in values["scheduler"]["serviceAccount"]
+    config = json.loads((services.nextsteps.config_home() / "config.json").read_text())
+    assert config["METAFLOW_KUBERNETES_NAMESPACE"] == "airflow"
+    assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] == "metaflow"
+
+
+def test_an_airflow_step_account_without_the_right_annotation_is_corrected(
+    cluster: FakeCluster, up: Up
+) -> None:
+    up(argo=False, airflow=True)
+    cluster.service_accounts[("airflow", "metaflow")]["metadata"]["annotations"] = {}
+
+    again = up(argo=False, airflow=True)
+
+    assert [m.split(" ")[3] for m in again.mutating()] == ["apply"]
+    account = cluster.service_accounts[("airflow", "metaflow")]
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": GSA}
 
 
 def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up) -> None:
@@ -880,6 +928,31 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
     assert not any("airflow" in line for line in lines)
     assert "would write" in out.getvalue()
     assert not (tmp_path / "metaflowconfig").exists()
+
+
+def test_dry_run_with_airflow_prints_the_step_account_before_the_airflow_release(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    out = StringIO()
+    stack = open_stack(
+        {**SETTINGS, "deploy_argo": False, "deploy_airflow": True},
+        dry_run=True,
+        env={"PATH": str(tmp_path / "nothing-here")},
+        console=Console(file=out, width=500, color_system=None),
+    )
+
+    services.up(stack)
+
+    assert len(fp.calls) == 0
+    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("$")]
+    order = [
+        "create namespace airflow",
+        "--namespace=airflow apply --server-side",
+        "upgrade --install airflow ",
+    ]
+    positions = [next(i for i, line in enumerate(lines) if part in line) for part in order]
+    assert positions == sorted(positions)
+    assert not any("--set-string" in line for line in lines if "install airflow " in line)
 
 
 # ---------------------------------------------------------------------------------------
