@@ -191,7 +191,7 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
             "credentials",
             "kubectl credentials",
             ("gke",),
-            lambda r: gke.ensure_credentials(g, n, r),
+            lambda r: gke.ensure_credentials(g, n, r, cold=cold),
         ),
     ]
 
@@ -264,7 +264,7 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
         and not iam.missing_bindings(project_policy, iam.project_bindings(n))
         and bucket is not None
         and not storage.drift(bucket)
-        and gke.has_context(n.kube_context, stack.runner.env)
+        and gke.context_is_current(n.kube_context, cluster, stack.runner.env)
     )
     return doc, ok
 

@@ -148,6 +148,7 @@ class Teardown:
     def cluster(self, run: StepRun) -> Outcome:
         found = gke.describe(self.g, self.n)
         if not self._exists(found):
+            self._forget_credentials()
             return Outcome.GONE
         self._about_to(run, f"delete GKE cluster {self.n.cluster}")
         if (found or {}).get("status") != "STOPPING":
@@ -160,15 +161,29 @@ class Teardown:
                 "--quiet",
                 "--async",
             )
-            if self.g.dry_run:
-                return Outcome.DELETED
-        follow(
-            run,
-            f"deleting {self.n.cluster}",
-            lambda: self._gone(gke.describe(self.g, self.n)),
-            timeout=DELETE_TIMEOUT,
-        )
+        if not self.g.dry_run:
+            follow(
+                run,
+                f"deleting {self.n.cluster}",
+                lambda: self._gone(gke.describe(self.g, self.n)),
+                timeout=DELETE_TIMEOUT,
+            )
+        self._forget_credentials()
         return Outcome.DELETED
+
+    def _forget_credentials(self) -> None:
+        """gcloud leaves its kubeconfig entries behind after an --async delete: remove them,
+        so nothing reaches a later cluster of the same name through the old endpoint."""
+        runner, context = self.stack.runner, self.n.kube_context
+        path = runner.env.get("PATH", os.environ.get("PATH"))
+        if not runner.dry_run and (
+            not gke.has_context(context, runner.env) or shutil.which("kubectl", path=path) is None
+        ):
+            return
+        for entry in ("context", "cluster", "user"):  # all three are named like the context
+            runner.run(
+                ["kubectl", "config", f"delete-{entry}", context], mutating=True, check=False
+            )
 
     def sql_instances(self, run: StepRun) -> Outcome:
         dry = [{"name": self.n.sql_instance(self._generation())}]
@@ -237,8 +252,7 @@ class Teardown:
             except NotFound:
                 return True, "GONE"
             except CommandError as error:  # 400 in-use, or an operation that failed for it
-                text = error.stderr.lower()
-                if "in use" in text or "inuse" in text or "still using" in text:
+                if _in_use(error):
                     return False, "STILL IN USE"
                 raise
             return True, "DELETED"
@@ -246,13 +260,16 @@ class Teardown:
         follow(run, what, attempt, timeout=IN_USE_WAIT)
 
     def peering(self, run: StepRun) -> Outcome:
+        """Private services access. Cloud SQL keeps using the connection for days after its
+        instance is deleted, so when Service Networking refuses, the network's side of the
+        peering is removed instead (as the Cloud Console does); that frees range and network.
+        """
         if not self.g.dry_run and not network.peerings(self.g, self.n):
             return Outcome.GONE
         self._about_to(run, f"delete private services access on {self.n.network}")
-        self._delete_in_use(
-            run,
-            "removing private services access",
-            lambda: self.g.mutate(
+        run.note("removing private services access")
+        try:
+            self.g.mutate(
                 "services",
                 "vpc-peerings",
                 "delete",
@@ -261,8 +278,24 @@ class Teardown:
                 "--quiet",
                 fmt=None,
                 timeout=1800,
-            ),
-        )
+            )
+        except NotFound:
+            return Outcome.GONE
+        except CommandError as error:
+            if not _in_use(error):
+                raise
+            run.note("Cloud SQL still holds the connection; removing the network's peering")
+            self.g.mutate(
+                "compute",
+                "networks",
+                "peerings",
+                "delete",
+                network.PEERING,
+                f"--network={self.n.network}",
+                "--quiet",
+                fmt=None,
+                timeout=900,
+            )
         return Outcome.DELETED
 
     def _simple(self, run: StepRun, kind: list[str], name: str, scope: list[str]) -> Outcome:
@@ -364,6 +397,12 @@ class Teardown:
                 )
             )
         return steps
+
+
+def _in_use(error: CommandError) -> bool:
+    """Compute says 'is already being used by', Service Networking 'still using'."""
+    text = error.stderr.lower()
+    return any(phrase in text for phrase in ("in use", "inuse", "being used by", "still using"))
 
 
 def run(stack: Stack, *, delete_data: bool = False, force_unlock: bool = False) -> Report:

@@ -446,6 +446,32 @@ def test_peering_used_by_cloud_sql_cannot_be_deleted(fake_cloud: FakeCloud) -> N
     )
 
 
+def test_a_deleted_sql_instance_holds_the_connection_until_the_peering_is_removed(
+    fake_cloud: FakeCloud,
+) -> None:
+    """Cloud SQL lets go of private services access days after a delete; removing the
+    network's side of the peering (as the console does) frees the range and network."""
+    fake = fake_cloud
+    seed_private_network(fake)
+    seed_sql_instance(fake)
+    ok(fake, "sql", "instances", "delete", "psql-seeded", "--quiet")
+    err = fails(
+        fake, "services", "vpc-peerings", "delete", f"--network={NET}", PEERING_SERVICE, "--quiet"
+    )
+    assert "are still using this connection" in err
+
+    ok(fake, "compute", "networks", "peerings", "delete", "servicenetworking-googleapis-com",
+       f"--network={NET}", "--quiet")
+
+    [remove] = fake.requests.of_kind("compute.networks.removePeering")
+    assert remove.body == {"name": "servicenetworking-googleapis-com"}
+    assert ok_json(fake, "services", "vpc-peerings", "list", f"--network={NET}") == []
+    assert not ok_json(fake, "compute", "networks", "describe", NET).get("peerings")
+    ok(fake, "compute", "addresses", "delete", RANGE, "--global", "--quiet")
+    ok(fake, "compute", "networks", "subnets", "delete", SUB, f"--region={REGION}", "--quiet")
+    ok(fake, "compute", "networks", "delete", NET, "--quiet")
+
+
 # --------------------------------------------------------------------------------------
 # IAM: service accounts and policies
 # --------------------------------------------------------------------------------------

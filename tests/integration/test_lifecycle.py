@@ -6,6 +6,7 @@ import pytest
 
 from metaflow_gcp import day2, infra, teardown
 from metaflow_gcp.errors import StackError
+from metaflow_gcp.gcp import gke
 from metaflow_gcp.graph import Outcome, run_steps
 from tests.fakes.plugin import FakeCloud
 from tests.integration.stacks import make_stack, output
@@ -78,9 +79,18 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
     policy = fake_cloud.state["project_iam_policy"]["bindings"]
     assert not any("mf-it-" in m for b in policy for m in b["members"])
 
+    assert len(fake_cloud.requests.of_kind("compute.networks.removePeering")) == 1, (
+        "Cloud SQL still held the connection: the network's peering was removed instead"
+    )
+    assert not gke.has_context(down.names.kube_context, fake_cloud.env), "no stale context"
+
     again = make_stack(fake_cloud)
     assert infra.up(again).ok, output(again)  # type: ignore[union-attr]
     assert list(fake_cloud.state["sql_instances"]) == ["mf-it-pg-1"]
+    [cluster] = fake_cloud.state["clusters"].values()
+    assert gke.context_server(again.names.kube_context, fake_cloud.env) == (
+        f"https://{cluster['endpoint']}"
+    ), "kubectl points at the new cluster"
     assert "refused the name" not in output(again), "the counter moved on; no 409 needed"
 
     gone = make_stack(fake_cloud)

@@ -113,22 +113,59 @@ def kubeconfig_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(first) if first else Path.home() / ".kube" / "config"
 
 
-def has_context(context: str, env: Mapping[str, str] | None = None) -> bool:
+def _kubeconfig(env: Mapping[str, str] | None) -> dict[str, Any]:
     path = kubeconfig_path(env)
     if not path.is_file():
-        return False
+        return {}
     import yaml
 
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
-        return False
-    return any(c.get("name") == context for c in config.get("contexts") or [])
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
-def ensure_credentials(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
-    """Write the cluster's kubectl context (gke_PROJECT_ZONE_CLUSTER) if it is not there yet."""
-    if not gcloud.dry_run and has_context(n.kube_context, gcloud.runner.env):
+def context_server(context: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The API server a kubeconfig context points at; None when there is no such context."""
+    config = _kubeconfig(env)
+    entry = next((c for c in config.get("contexts") or [] if c.get("name") == context), None)
+    if entry is None:
+        return None
+    cluster = (entry.get("context") or {}).get("cluster")
+    for item in config.get("clusters") or []:
+        if item.get("name") == cluster:
+            return str((item.get("cluster") or {}).get("server") or "")
+    return ""
+
+
+def has_context(context: str, env: Mapping[str, str] | None = None) -> bool:
+    return context_server(context, env) is not None
+
+
+def context_is_current(
+    context: str, cluster: dict[str, Any] | None, env: Mapping[str, str] | None = None
+) -> bool:
+    """The context exists and points at this cluster's endpoint, not at one torn down.
+
+    gcloud writes and removes kubeconfig entries only when it waits for a create or a
+    delete; with --async it does neither, so an entry can outlive its cluster.
+    """
+    endpoint = (cluster or {}).get("endpoint")
+    return bool(endpoint) and context_server(context, env) == f"https://{endpoint}"
+
+
+def ensure_credentials(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
+    """Write the cluster's kubectl context (gke_PROJECT_ZONE_CLUSTER) unless it is current.
+
+    cold: the cluster was just created, so any context of that name is an old cluster's.
+    """
+    env = gcloud.runner.env
+    if (
+        not gcloud.dry_run
+        and not cold
+        and context_is_current(n.kube_context, describe(gcloud, n), env)
+    ):
         return Outcome.KEPT
     run.before_change(f"write kubectl credentials for {n.cluster}")
     gcloud.mutate(

@@ -10,6 +10,7 @@ from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
 from metaflow_gcp.graph import Outcome, StepRun
 
 SERVICE = "servicenetworking.googleapis.com"
+PEERING = "servicenetworking-googleapis-com"  # the VPC peering that connection makes
 PSA_PREFIX_LENGTH = 16
 
 

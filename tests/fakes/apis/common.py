@@ -93,6 +93,9 @@ def initial_state(fake: FakeGcpApi) -> dict[str, Any]:
         "sql_instances": {},  # name -> sql#instance
         "sql_reserved_names": set(),  # deleted instance names (reusable after a week)
         "sql_final_backups": [],  # what instances.delete?enableFinalBackup=true kept
+        # Networks whose private-services connection a deleted Cloud SQL instance still
+        # uses: Cloud SQL lets go of it days after the delete, not at once.
+        "psa_lingering": set(),
         "sql_databases": {},  # instance -> {db name -> sql#database}
         "sql_users": {},  # instance -> {user name -> sql#user (incl. "password")}
         "clusters": {},  # "location/name" -> container Cluster

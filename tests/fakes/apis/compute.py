@@ -47,6 +47,12 @@ class Compute:
                 ("POST", g + "/networks", "compute.networks.insert", self.insert_network),
                 ("GET", g + "/networks/{name}", "compute.networks.get", self.get_network),
                 ("DELETE", g + "/networks/{name}", "compute.networks.delete", self.delete_network),
+                (
+                    "POST",
+                    g + "/networks/{name}/removePeering",
+                    "compute.networks.removePeering",
+                    self.remove_peering,
+                ),
                 ("GET", r + "/subnetworks", "compute.subnetworks.list", self.list_subnets),
                 ("POST", r + "/subnetworks", "compute.subnetworks.insert", self.insert_subnet),
                 ("GET", r + "/subnetworks/{name}", "compute.subnetworks.get", self.get_subnet),
@@ -211,6 +217,28 @@ class Compute:
         return self._op(
             c, "delete", link, on_done=lambda: self.fake.state["networks"].pop(name, None)
         )
+
+    def remove_peering(self, c: Call) -> dict[str, Any]:
+        """The consumer side of a peering. Removing servicenetworking's is what the console
+        (and Terraform's REMOVE_PEERING) does when Cloud SQL still holds the connection."""
+        name = c.params["name"]
+        network = self.get_network(c)
+        peering = (c.body or {}).get("name", "")
+        if not any(p.get("name") == peering for p in network.get("peerings", [])):
+            raise bad_request(
+                f"There is no peering with name '{peering}' in network "
+                f"'{self._rel('networks', name)}'."
+            )
+
+        def done() -> None:
+            live = self.fake.state["networks"].get(name)
+            if live is not None:
+                live["peerings"] = [p for p in live.get("peerings", []) if p["name"] != peering]
+            if peering == "servicenetworking-googleapis-com":
+                self.fake.state["connections"].pop(name, None)
+                self.fake.state["psa_lingering"].discard(name)
+
+        return self._op(c, "removePeering", self._link(c, "networks", name), on_done=done)
 
     # -- subnetworks ---------------------------------------------------------------
     def _subnet_key(self, c: Call, name: str | None = None) -> str:

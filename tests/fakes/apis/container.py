@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from ..gcp_api import (
@@ -34,6 +35,7 @@ class Container:
 
     def __init__(self, fake: FakeGcpApi) -> None:
         self.fake = fake
+        self._endpoints = itertools.count(2)  # a new cluster gets a new address, as on GKE
 
     def routes(self) -> list[Route]:
         loc = r"/v1/projects/{project}/(?:locations|zones)/{location}"
@@ -160,7 +162,7 @@ class Container:
 
         def done() -> None:
             cluster["status"] = "RUNNING"
-            cluster["endpoint"] = "127.0.0.1"
+            cluster["endpoint"] = f"127.0.0.{next(self._endpoints) % 250 + 2}"
             cluster["masterAuth"] = {"clusterCaCertificate": ca_b64(self.fake)}
             for np in cluster.get("nodePools") or []:
                 np["status"] = "RUNNING"

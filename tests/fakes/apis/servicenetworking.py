@@ -154,7 +154,9 @@ class ServiceNetworking:
         users = [
             i["name"] for i in self.fake.state["sql_instances"].values() if sql_network(i) == net
         ]
-        error = OpError("FAILED_PRECONDITION", SQL_PRODUCER_MESSAGE, 400) if users else None
+        lingering = net in self.fake.state["psa_lingering"]
+        busy = users or lingering
+        error = OpError("FAILED_PRECONDITION", SQL_PRODUCER_MESSAGE, 400) if busy else None
 
         def done() -> dict[str, Any]:
             self.fake.state["connections"].pop(net, None)

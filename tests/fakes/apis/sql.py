@@ -21,6 +21,7 @@ from .common import (
     SQL_NAME_RE,
     check_project,
     new_id,
+    sql_network,
 )
 
 if TYPE_CHECKING:
@@ -243,6 +244,8 @@ class Sql:
             self.fake.state["sql_databases"].pop(name, None)
             self.fake.state["sql_users"].pop(name, None)
             self.fake.state["sql_reserved_names"].add(name)
+            if sql_network(inst):
+                self.fake.state["psa_lingering"].add(sql_network(inst))
             if final_backup:
                 self.fake.state["sql_final_backups"].append(
                     {
