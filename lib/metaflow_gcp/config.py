@@ -25,7 +25,7 @@ class Settings:
     org_prefix: str
     project: str
     region: str = "us-west2"
-    zone: str = ""  # empty: "<region>-a"
+    zone: str = ""  # empty: the region's first zone, "<region>-a" in most regions
     stack: str = "default"
     state_bucket: str = ""  # empty: derived from org_prefix and project
     data_bucket: str = ""  # empty: derived from org_prefix, project and stack
@@ -41,10 +41,24 @@ class Settings:
 
     @property
     def resolved_zone(self) -> str:
-        return self.zone or f"{self.region}-a"
+        return self.zone or first_zone(self.region)
 
     def names(self) -> Names:
         return Names.derive(self)
+
+
+# Regions whose zones do not start at "-a" (us-east1 and europe-west1 have b, c and d).
+_FIRST_ZONE = {"us-east1": "b", "europe-west1": "b"}
+_PG_PART = re.compile(r"(?:^|(?<=-))pg(?=-|$)")
+
+
+def first_zone(region: str) -> str:
+    """The default zone: the region's first ("-a" in most regions)."""
+    return f"{region}-{_FIRST_ZONE.get(region, 'a')}"
+
+
+def _as_postgres(_: re.Match[str]) -> str:
+    return "postgres"
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
@@ -174,7 +188,9 @@ _REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE_RE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*[a-z0-9]$")
 _MACHINE_RE = re.compile(r"^[a-z0-9]+-[a-z0-9-]+$")
-_TIER_RE = re.compile(r"^db-(custom-\d+-\d+|f1-micro|g1-small|perf-optimized-N-\d+|n1-[a-z]+-\d+)$")
+# Enterprise edition tiers (the instance is created with --edition=enterprise; the
+# db-perf-optimized-* tiers belong to Enterprise Plus).
+_TIER_RE = re.compile(r"^db-(custom-\d+-\d+|f1-micro|g1-small|n1-[a-z]+-\d+)$")
 _DB_VERSIONS = ("POSTGRES_15", "POSTGRES_16", "POSTGRES_17")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -255,16 +271,28 @@ def _check_rules(s: Settings) -> list[ConfigError]:  # noqa: PLR0912 - one flat 
             "not end with a hyphen (it becomes part of GCP resource names)",
             f"use e.g. '{_suggest_label(s.stack)}'",
         )
+    elif _PG_PART.search(s.stack):
+        bad(
+            "stack",
+            f"'{s.stack}' has a 'pg' part, so its Cloud SQL names (mf-{s.stack}-pg-N) could "
+            "overlap those of another stack (teardown and IAM select a stack's instances by "
+            "their 'mf-<stack>-pg-' prefix)",
+            f"use e.g. '{_PG_PART.sub(_as_postgres, s.stack)}'",
+        )
     if not _REGION_RE.match(s.region):
         bad("region", f"'{s.region}' is not a GCP region name", "use a region such as 'us-west2'")
     zone_match = _ZONE_RE.match(s.resolved_zone)
     if s.zone and not zone_match:
-        bad("zone", f"'{s.zone}' is not a GCP zone name", f"use a zone such as '{s.region}-a'")
+        bad(
+            "zone",
+            f"'{s.zone}' is not a GCP zone name",
+            f"use a zone such as '{first_zone(s.region)}'",
+        )
     elif zone_match and zone_match.group(1) != s.region:
         bad(
             "zone",
             f"'{s.zone}' is not inside region '{s.region}'",
-            f"use a zone of {s.region} (e.g. '{s.region}-a') or change region to "
+            f"use a zone of {s.region} (e.g. '{first_zone(s.region)}') or change region to "
             f"'{zone_match.group(1)}'",
         )
     if s.db_generation_number < 0:

@@ -34,7 +34,7 @@ from typing import Any
 
 from metaflow_gcp import nextsteps
 from metaflow_gcp.app import Stack, preflight
-from metaflow_gcp.errors import AlreadyExists, ConcurrentChange, NotFound, StackError
+from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
@@ -330,24 +330,15 @@ class ServicesRun:
         unwanted = {
             b.member for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, AIRFLOW_JOBS_KSA)])
         }
-        for attempt in range(5):
-            policy = g.read("iam", "service-accounts", "get-iam-policy", n.workload_sa, dry={})
-            policy = policy if isinstance(policy, dict) else {}
-            present = _role_members(policy, WI_ROLE) & unwanted
-            if not present:
-                return Outcome.KEPT if attempt == 0 else Outcome.DELETED
-            run.before_change(f"remove {WI_ROLE} of {', '.join(sorted(present))}")
-            try:
-                iam.set_policy(
-                    g,
-                    ["iam", "service-accounts", n.workload_sa],
-                    _without_role_members(policy, WI_ROLE, present),
-                )
-            except ConcurrentChange:
-                run.note("the policy changed under us; re-reading")
-                continue
-            return Outcome.DELETED
-        raise StackError(f"could not update the IAM policy of {n.workload_sa} after 5 tries")
+        changed = iam.remove_members(
+            g,
+            ["iam", "service-accounts", "get-iam-policy", n.workload_sa],
+            ["iam", "service-accounts", n.workload_sa],
+            unwanted,
+            run,
+            role=WI_ROLE,
+        )
+        return Outcome.DELETED if changed else Outcome.KEPT
 
     # -- namespaces and Secrets ----------------------------------------------------------
 
@@ -600,27 +591,6 @@ def _airflow_db_secret(register: Callable[[str], None]) -> dict[str, str]:
     register(password)
     url = f"postgresql://postgres:{password}@{AIRFLOW_DB_HOST}:5432/postgres?sslmode=disable"
     return {AIRFLOW_DB_PASSWORD_KEY: password, AIRFLOW_DB_URL_KEY: url}
-
-
-def _role_members(policy: dict[str, Any], role: str) -> set[str]:
-    return {
-        member
-        for binding in policy.get("bindings", [])
-        if binding.get("role") == role and not binding.get("condition")
-        for member in binding.get("members", [])
-    }
-
-
-def _without_role_members(policy: dict[str, Any], role: str, members: set[str]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(policy))
-    kept = []
-    for binding in result.get("bindings", []):
-        if binding.get("role") == role and not binding.get("condition"):
-            binding["members"] = [m for m in binding.get("members", []) if m not in members]
-        if binding.get("members"):
-            kept.append(binding)
-    result["bindings"] = kept
-    return result
 
 
 def _stuck_message(context: str, release: Release, status: str) -> str:

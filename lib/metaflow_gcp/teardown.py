@@ -202,9 +202,12 @@ class Teardown:
             busy = sql.pending_operations(self.g, name)
             for operation in busy:  # one operation per instance at a time: let it finish
                 sql.wait_operation(self.g, run, operation, f"{name}: finishing an operation")
-            result = self.g.mutate(
-                "sql", "instances", "delete", name, *self._final_backup(), "--quiet", "--async"
-            )
+            try:
+                result = self.g.mutate(
+                    "sql", "instances", "delete", name, *self._final_backup(), "--quiet", "--async"
+                )
+            except NotFound:  # the operation we waited for was this delete (a resumed run)
+                continue
             if not self.g.dry_run:
                 sql.wait_operation(self.g, run, str(result.json()["name"]), f"deleting {name}")
         self._bump()
@@ -324,14 +327,14 @@ class Teardown:
 
     def bindings(self, run: StepRun) -> Outcome:
         ours = {f"serviceAccount:{self.n.workload_sa}", f"serviceAccount:{self.n.node_sa}"}
-        policy = self.g.read("projects", "get-iam-policy", self.n.project, dry={}) or {}
-        if not self.g.dry_run and not any(
-            set(b.get("members", [])) & ours for b in policy.get("bindings", [])
-        ):
-            return Outcome.GONE
-        self._about_to(run, "remove the stack's project IAM bindings")
-        iam.set_policy(self.g, ["projects", self.n.project], iam.without_members(policy, ours))
-        return Outcome.DELETED
+        changed = iam.remove_members(
+            self.g,
+            ["projects", "get-iam-policy", self.n.project],
+            ["projects", self.n.project],
+            ours,
+            run,
+        )
+        return Outcome.DELETED if changed else Outcome.GONE
 
     def accounts(self, run: StepRun) -> Outcome:
         have = iam.existing_accounts(self.g)

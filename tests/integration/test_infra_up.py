@@ -77,8 +77,9 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     workload = "serviceAccount:mf-it-workload@fake-project.iam.gserviceaccount.com"
     storage = next(b for b in bindings if b["role"] == "roles/storage.objectAdmin")
     assert storage["members"] == [workload]
-    assert storage["condition"]["expression"] == (
-        'resource.name.startsWith("projects/_/buckets/acme-fake-project-mf-it")'
+    assert storage["condition"]["expression"] == (  # this bucket, not acme-fake-project-mf-it2
+        'resource.name == "projects/_/buckets/acme-fake-project-mf-it" || '
+        'resource.name.startsWith("projects/_/buckets/acme-fake-project-mf-it/")'
     )
     assert any(b["role"] == "roles/container.defaultNodeServiceAccount" for b in bindings)
     assert not any(b["role"] in ("roles/owner", "roles/editor") and workload in b["members"]

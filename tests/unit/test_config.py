@@ -29,6 +29,14 @@ def test_minimal_settings_fill_in_sensible_defaults() -> None:
     )
 
 
+def test_the_default_zone_is_one_the_region_has() -> None:
+    """us-east1 and europe-west1 have no zone -a."""
+    zones = {r: load_settings({**GOOD, "region": r}).resolved_zone
+             for r in ("us-west2", "us-east1", "europe-west1", "europe-west4")}
+    assert zones == {"us-west2": "us-west2-a", "us-east1": "us-east1-b",
+                     "europe-west1": "europe-west1-b", "europe-west4": "europe-west4-a"}
+
+
 def test_every_resource_name_is_derived_from_prefix_project_and_stack() -> None:
     n = load_settings(GOOD).names()
     assert n.network == "mf-dev-vpc"
@@ -105,6 +113,8 @@ BAD_INPUTS = [
     ("stack with underscore", {"stack": "my_stack"}, "use e.g. 'my-stack'"),
     ("stack starts with digit", {"stack": "1st"}, "stack: '1st'"),
     ("stack too long for SA ids", {"stack": "a-very-long-stack-name"}, "GCP allows 6-30"),
+    ("stack overlapping another's SQL names", {"stack": "dev-pg"}, "use e.g. 'dev-postgres'"),
+    ("tier of Enterprise Plus only", {"db_tier": "db-perf-optimized-N-2"}, "db_tier: 'db-perf"),
     (
         "negative generation",
         {"db_generation_number": -1},

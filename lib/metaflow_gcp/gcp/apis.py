@@ -36,4 +36,5 @@ def ensure(gcloud: Gcloud, run: StepRun, *, cold: bool = False) -> Outcome:
     run.before_change(f"enable {', '.join(a.split('.')[0] for a in todo)}", new=False)
     run.note(f"enabling {len(todo)} APIs")
     gcloud.mutate("services", "enable", *todo, timeout=1200, fmt=None)
+    gcloud.apis_just_enabled()
     return Outcome.CREATED

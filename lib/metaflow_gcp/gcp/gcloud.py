@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from metaflow_gcp.errors import AlreadyExists, NotFound
+from metaflow_gcp.errors import AlreadyExists, ApiNotEnabled, NotFound
 from metaflow_gcp.graph import Outcome, StepRun
 from metaflow_gcp.shell import Result, Runner
+
+T = TypeVar("T")
+# An API enabled moments ago can answer "disabled" for a few minutes while that spreads.
+API_SETTLE = 300.0
+API_RETRY_PAUSE = 10.0
 
 
 class Gcloud:
@@ -19,6 +25,23 @@ class Gcloud:
         self.project = project
         self._primed: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
+        self._settle_until = 0.0
+
+    def apis_just_enabled(self) -> None:
+        """From now on, for a while, "API not enabled" means "not yet": wait and retry."""
+        with self._lock:
+            self._settle_until = time.monotonic() + API_SETTLE
+
+    def _settling(self, call: Callable[[], T]) -> T:
+        while True:
+            try:
+                return call()
+            except ApiNotEnabled:
+                with self._lock:
+                    settling = time.monotonic() < self._settle_until
+                if not settling:
+                    raise
+                time.sleep(API_RETRY_PAUSE)
 
     def prime(self, answer: Any, *args: str) -> None:
         """Remember the answer to a read made moments ago, for the next identical read (once).
@@ -56,7 +79,7 @@ class Gcloud:
             if answer is None:
                 raise NotFound(command=" ".join(argv), returncode=1, stderr="(primed: absent)")
             return answer
-        result = self.runner.run(argv, mutating=False, timeout=timeout)
+        result = self._settling(lambda: self.runner.run(argv, mutating=False, timeout=timeout))
         return dry if result.dry_run else result.json()
 
     def describe(self, *args: str) -> dict[str, Any] | None:
@@ -76,18 +99,21 @@ class Gcloud:
         dry_stdout: str = "",
         extra_env: dict[str, str] | None = None,
     ) -> Result:
-        return self.runner.run(
-            self._argv(args, fmt),
-            mutating=True,
-            stdin=stdin,
-            timeout=timeout,
-            dry_stdout=dry_stdout,
-            extra_env=extra_env,
+        return self._settling(
+            lambda: self.runner.run(
+                self._argv(args, fmt),
+                mutating=True,
+                stdin=stdin,
+                timeout=timeout,
+                dry_stdout=dry_stdout,
+                extra_env=extra_env,
+            )
         )
 
     def secret_read(self, *args: str) -> str:
         """A read whose output is a secret: registered for redaction, never logged."""
-        result = self.runner.run(self._argv(args, None), mutating=False, secret_output=True)
+        argv = self._argv(args, None)
+        result = self._settling(lambda: self.runner.run(argv, mutating=False, secret_output=True))
         return result.stdout
 
 

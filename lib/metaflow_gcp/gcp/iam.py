@@ -60,7 +60,8 @@ def project_bindings(n: Names) -> list[Binding]:
             workload,
             Condition(
                 f"metaflow-{n.stack}-datastore-only",
-                f'resource.name.startsWith("projects/_/buckets/{n.data_bucket}")',
+                f'resource.name == "projects/_/buckets/{n.data_bucket}" || '
+                f'resource.name.startsWith("projects/_/buckets/{n.data_bucket}/")',
                 "Metaflow may read and write objects in its own datastore bucket only",
             ),
         ),
@@ -151,17 +152,58 @@ def with_bindings(policy: dict[str, Any], add: list[Binding]) -> dict[str, Any]:
     return result
 
 
-def without_members(policy: dict[str, Any], members: set[str]) -> dict[str, Any]:
-    """A copy of `policy` with every binding of `members` removed (teardown)."""
+def _holds(binding: dict[str, Any], role: str | None) -> bool:
+    """Whether a binding is one `remove_members` edits: any, or `role` without a condition."""
+    return role is None or (binding.get("role") == role and not binding.get("condition"))
+
+
+def without_members(
+    policy: dict[str, Any], members: set[str], *, role: str | None = None
+) -> dict[str, Any]:
+    """A copy of `policy` without `members` (in bindings of `role` only, when given)."""
     result: dict[str, Any] = json.loads(json.dumps(policy))
     kept = []
     for binding in result.get("bindings", []):
-        binding["members"] = [m for m in binding.get("members", []) if m not in members]
-        if binding["members"]:
+        if _holds(binding, role):
+            binding["members"] = [m for m in binding.get("members", []) if m not in members]
+        if binding.get("members"):
             kept.append(binding)
     result["bindings"] = kept
     result["version"] = 3
     return result
+
+
+def remove_members(
+    gcloud: Gcloud,
+    get: list[str],
+    target: list[str],
+    members: set[str],
+    run: StepRun,
+    *,
+    role: str | None = None,
+    attempts: int = 5,
+) -> bool:
+    """Take `members` out of a resource's IAM policy; True if it changed.
+
+    Read, edit, write with the etag; when someone else wrote in between (ABORTED), read
+    again. A dry run shows the read and the write.
+    """
+    for attempt in range(attempts):
+        policy = gcloud.read(*get, dry={}) or {}
+        present = members & {
+            m for b in policy.get("bindings", []) if _holds(b, role) for m in b.get("members", [])
+        }
+        if not present and not gcloud.dry_run:
+            return attempt > 0
+        what = f"{role} of " if role else "the IAM bindings of "
+        run.before_change(f"remove {what}{', '.join(sorted(present or members))}", new=False)
+        try:
+            set_policy(gcloud, target, without_members(policy, members, role=role))
+        except ConcurrentChange:
+            run.note("the policy changed under us; re-reading")
+            continue
+        return True
+    raise StackError(f"could not update the IAM policy of {target[-1]} after {attempts} tries")
 
 
 def set_policy(gcloud: Gcloud, target: list[str], policy: dict[str, Any]) -> None:

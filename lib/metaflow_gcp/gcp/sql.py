@@ -8,6 +8,7 @@ starting right after creation, say) is waited out rather than reported.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -76,7 +77,8 @@ def stack_instances(
 ) -> list[dict[str, Any]]:
     """Every instance of this stack, whatever its generation (one call, no name needed)."""
     found = gcloud.read("sql", "instances", "list", f"--filter=name:{n.sql_prefix}*", dry=dry or [])
-    return [i for i in found or [] if str(i.get("name", "")).startswith(n.sql_prefix)]
+    ours = re.compile(rf"{re.escape(n.sql_prefix)}\d+")
+    return [i for i in found or [] if ours.fullmatch(str(i.get("name", "")))]
 
 
 def pending_operations(gcloud: Gcloud, instance: str) -> list[str]:
