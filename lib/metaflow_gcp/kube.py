@@ -12,6 +12,8 @@ from typing import Any
 from metaflow_gcp.errors import NotFound
 from metaflow_gcp.shell import Result, Runner
 
+FIELD_MANAGER = "metaflow-gcp"  # who owns the fields this tool applies
+
 
 class Kubectl:
     def __init__(self, runner: Runner, context: str) -> None:
@@ -58,8 +60,21 @@ class Kubectl:
         )
 
     def apply_stdin(self, manifest: str, *, namespace: str | None = None) -> Result:
-        """Apply a manifest given on stdin: how Secrets reach the cluster without touching disk."""
-        return self.run("apply", "-f", "-", namespace=namespace, stdin=manifest)
+        """Server-side apply of a manifest given on stdin, as this tool's field manager.
+
+        Stdin is how Secrets reach the cluster without touching disk; server-side apply
+        keeps no last-applied annotation that would mirror their data.
+        """
+        return self.run(
+            "apply",
+            "--server-side",
+            f"--field-manager={FIELD_MANAGER}",
+            "--force-conflicts",
+            "-f",
+            "-",
+            namespace=namespace,
+            stdin=manifest,
+        )
 
 
 class Helm:

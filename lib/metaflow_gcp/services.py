@@ -64,7 +64,6 @@ WI_ANNOTATION = "iam.gke.io/gcp-service-account"
 # Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
 # field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
 VERSION_ANNOTATION = "metaflow-gcp/secret-version"
-FIELD_MANAGER = "metaflow-gcp"
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "metaflow-gcp"}
 WI_ROLE = "roles/iam.workloadIdentityUser"
 
@@ -417,20 +416,14 @@ class ServicesRun:
         if not version and not g.dry_run:
             version = self.secret_manager_version()  # read_password may have added the first
         run.before_change(f"{'update' if have is not None else 'create'} Secret {DB_SECRET}")
-        self.kubectl.run(
-            "apply",
-            "--server-side",
-            f"--field-manager={FIELD_MANAGER}",
-            "--force-conflicts",
-            "-f",
-            "-",
-            namespace=METAFLOW_NS,
-            stdin=secret_manifest(
+        self.kubectl.apply_stdin(
+            secret_manifest(
                 DB_SECRET,
                 METAFLOW_NS,
                 {DB_SECRET_KEY: password},
                 annotations={VERSION_ANNOTATION: version} if version else {},
             ),
+            namespace=METAFLOW_NS,
         )
         return Outcome.UPDATED if have is not None else Outcome.CREATED
 
@@ -460,15 +453,9 @@ class ServicesRun:
             return Outcome.KEPT
         verb = "update" if current is not None else "create"
         run.before_change(f"{verb} ServiceAccount {AIRFLOW_JOBS_KSA}")
-        self.kubectl.run(
-            "apply",
-            "--server-side",
-            f"--field-manager={FIELD_MANAGER}",
-            "--force-conflicts",
-            "-f",
-            "-",
+        self.kubectl.apply_stdin(
+            service_account_manifest(AIRFLOW_JOBS_KSA, AIRFLOW_NS, {WI_ANNOTATION: gsa}),
             namespace=AIRFLOW_NS,
-            stdin=service_account_manifest(AIRFLOW_JOBS_KSA, AIRFLOW_NS, {WI_ANNOTATION: gsa}),
         )
         return Outcome.UPDATED if current is not None else Outcome.CREATED
 
