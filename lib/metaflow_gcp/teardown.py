@@ -13,8 +13,6 @@ counter moves on as soon as the instance is deleted, so the next infra.up uses a
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -70,28 +68,21 @@ class Teardown:
         Service left in them. Without helm the namespaces alone do that; without kubectl
         the step fails, so nothing after it (the cluster above all) is deleted.
         """
-        dry = self.stack.dry_run
-        if not dry and gke.describe(self.g, self.n) is None:
+        runner, dry = self.stack.runner, self.stack.dry_run
+        cluster = None if dry else gke.describe(self.g, self.n)
+        if not dry and cluster is None:
             run.note("cluster already gone; nothing to uninstall")
             return Outcome.GONE
-        env = self.stack.runner.env
-        path = env.get("PATH", os.environ.get("PATH"))
-        if not dry and shutil.which("kubectl", path=path) is None:
+        if not dry and not runner.has("kubectl"):
             raise MissingTool(
                 "kubectl",
                 f"{INSTALL_HINTS['kubectl']}; it empties the cluster before it is deleted",
             )
-        with_helm = dry or shutil.which("helm", path=path) is not None
-        if not dry and not gke.has_context(self.n.kube_context, env):
+        with_helm = dry or runner.has("helm")
+        if not dry and not gke.context_is_current(self.n.kube_context, cluster, runner.env):
+            # None here, or one of an earlier cluster of this name: it would reach nothing.
             self._about_to(run, f"fetch credentials for {self.n.cluster}, then empty it")
-            self.g.mutate(
-                "container",
-                "clusters",
-                "get-credentials",
-                self.n.cluster,
-                f"--location={self.n.zone}",
-                fmt=None,
-            )
+            gke.fetch_credentials(self.g, self.n)
         helm = Helm(self.stack.runner, self.n.kube_context)
         kubectl = Kubectl(self.stack.runner, self.n.kube_context)
         try:
@@ -175,9 +166,8 @@ class Teardown:
         """gcloud leaves its kubeconfig entries behind after an --async delete: remove them,
         so nothing reaches a later cluster of the same name through the old endpoint."""
         runner, context = self.stack.runner, self.n.kube_context
-        path = runner.env.get("PATH", os.environ.get("PATH"))
         if not runner.dry_run and (
-            not gke.has_context(context, runner.env) or shutil.which("kubectl", path=path) is None
+            not gke.has_context(context, runner.env) or not runner.has("kubectl")
         ):
             return
         for entry in ("context", "cluster", "user"):  # all three are named like the context

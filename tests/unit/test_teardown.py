@@ -23,6 +23,7 @@ from metaflow_gcp.graph import Outcome, Report, Step, run_steps
 
 SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
 CONTEXT = "gke_acme-ml-prod_us-west2-a_mf-dev"
+ENDPOINT = "34.1.2.3"
 DESCRIBE = ["gcloud", "container", "clusters", "describe", "mf-dev", FakeProcess.any()]
 HELM_LIST = ["helm", f"--kube-context={CONTEXT}", "list", FakeProcess.any()]
 GET_NAMESPACES = ["kubectl", f"--context={CONTEXT}", "get", "namespaces", FakeProcess.any()]
@@ -33,15 +34,22 @@ def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
-def make_stack(tmp_path: Path, *, tools: tuple[str, ...], context: bool = True) -> Stack:
+def make_stack(
+    tmp_path: Path, *, tools: tuple[str, ...], context: bool = True, server: str = ENDPOINT
+) -> Stack:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for tool in tools:  # never run: pytest-subprocess answers
         (bin_dir / tool).write_text("#!/bin/sh\nexit 99\n")
         (bin_dir / tool).chmod(0o755)
     kubeconfig = tmp_path / "kubeconfig"
-    contexts = [{"name": CONTEXT, "context": {}}] if context else []
-    kubeconfig.write_text(yaml.safe_dump({"contexts": contexts}))
+    config: dict[str, object] = {"contexts": [], "clusters": []}
+    if context:
+        config = {
+            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT}}],
+            "clusters": [{"name": CONTEXT, "cluster": {"server": f"https://{server}"}}],
+        }
+    kubeconfig.write_text(yaml.safe_dump(config))
     return open_stack(
         SETTINGS,
         yes=True,
@@ -77,7 +85,9 @@ def empty_then_delete(stack: Stack) -> Report:
 
 
 def cluster_is_running(fp: FakeProcess) -> None:
-    fp.register(DESCRIBE, stdout=json.dumps({"name": "mf-dev", "status": "RUNNING"}))
+    fp.register(
+        DESCRIBE, stdout=json.dumps({"name": "mf-dev", "status": "RUNNING", "endpoint": ENDPOINT})
+    )
 
 
 def namespaces(*names: str) -> str:
@@ -169,6 +179,21 @@ def test_a_machine_without_the_clusters_credentials_fetches_them_first(
     assert programs.index(["gcloud", "container", "clusters", "get-credentials"]) < (
         programs.index(["helm", f"--kube-context={CONTEXT}", "list", "--all-namespaces"])
     )
+
+
+def test_a_context_left_by_an_earlier_cluster_of_that_name_is_replaced_first(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    """Through a stale context helm would find nothing and the cluster would go with its disks."""
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"), server="34.9.9.9")
+    cluster_is_running(fp)
+    fp.register(["gcloud", "container", "clusters", "get-credentials", FakeProcess.any()])
+    fp.register(HELM_LIST, stdout="[]")
+    fp.register(GET_NAMESPACES, stdout=namespaces("default"))
+
+    only_releases(stack)
+
+    assert fp.call_count(["gcloud", "container", "clusters", "get-credentials", FakeProcess.any()])
 
 
 def test_an_unreachable_cluster_is_skipped_with_a_word_about_its_disks(

@@ -168,7 +168,12 @@ def ensure_credentials(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = F
     ):
         return Outcome.KEPT
     run.before_change(f"write kubectl credentials for {n.cluster}")
+    fetch_credentials(gcloud, n)
+    return Outcome.CREATED
+
+
+def fetch_credentials(gcloud: Gcloud, n: Names) -> None:
+    """Write (or overwrite) the context gke_PROJECT_ZONE_CLUSTER for the cluster as it is now."""
     gcloud.mutate(
         "container", "clusters", "get-credentials", n.cluster, f"--location={n.zone}", fmt=None
     )
-    return Outcome.CREATED
