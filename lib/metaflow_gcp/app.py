@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -88,8 +87,7 @@ def preflight(stack: Stack, *tools: str) -> None:
     """Each missing tool gets its own line with how to install it; dry runs need none."""
     if stack.dry_run:
         return
-    path = stack.runner.env.get("PATH", os.environ.get("PATH"))
-    missing = [tool for tool in tools if shutil.which(tool, path=path) is None]
+    missing = [tool for tool in tools if not stack.runner.has(tool)]
     if missing:
         raise StackError(
             "\n".join(str(MissingTool(tool, INSTALL_HINTS.get(tool, ""))) for tool in missing)

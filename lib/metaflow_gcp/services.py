@@ -65,7 +65,6 @@ WI_ANNOTATION = "iam.gke.io/gcp-service-account"
 # field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
 VERSION_ANNOTATION = "metaflow-gcp/secret-version"
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "metaflow-gcp"}
-WI_ROLE = "roles/iam.workloadIdentityUser"
 
 # (release, namespace) per switch, in the order they are removed.
 ARGO_RELEASES = (
@@ -335,7 +334,7 @@ class ServicesRun:
             ["iam", "service-accounts", n.workload_sa],
             unwanted,
             run,
-            role=WI_ROLE,
+            role=iam.WORKLOAD_IDENTITY_USER,
         )
         return Outcome.DELETED if changed else Outcome.KEPT
 

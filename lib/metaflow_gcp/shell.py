@@ -99,6 +99,10 @@ class Runner:
 
     # -- running -------------------------------------------------------------------------
 
+    def has(self, program: str) -> bool:
+        """Whether `program` is on the PATH the commands run with (the runner's env wins)."""
+        return shutil.which(program, path=self.env.get("PATH", os.environ.get("PATH"))) is not None
+
     def run(
         self,
         argv: Sequence[str],
@@ -128,7 +132,7 @@ class Runner:
             return Result(tuple(argv), 0, dry_stdout, "", 0.0, dry_run=True)
 
         program = argv[0]
-        if shutil.which(program, path=self.env.get("PATH", os.environ.get("PATH"))) is None:
+        if not self.has(program):
             raise MissingTool(program, INSTALL_HINTS.get(program, f"install {program}"))
 
         log.info("$ %s", command)
@@ -183,7 +187,7 @@ class Runner:
                 self.echo(command)
             return None
         program = argv[0]
-        if shutil.which(program, path=self.env.get("PATH", os.environ.get("PATH"))) is None:
+        if not self.has(program):
             raise MissingTool(program, INSTALL_HINTS.get(program, f"install {program}"))
         log.info("$ %s &", command)
         self._record(command, False, None, 0.0, dry_run=False)

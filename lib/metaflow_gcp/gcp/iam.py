@@ -20,6 +20,7 @@ from metaflow_gcp.errors import AlreadyExists, ConcurrentChange, InvalidArgument
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.graph import Outcome, StepRun
 
+WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
 NEW_ACCOUNT_GRACE = 90.0  # a new service account can take about a minute to be usable
 
 
@@ -268,7 +269,7 @@ def ensure_project_bindings(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
 def workload_identity_bindings(n: Names, ksas: list[tuple[str, str]]) -> list[Binding]:
     """Let these Kubernetes service accounts (namespace, name) act as the workload account."""
     return [
-        Binding("roles/iam.workloadIdentityUser", f"serviceAccount:{n.workload_pool}[{ns}/{ksa}]")
+        Binding(WORKLOAD_IDENTITY_USER, f"serviceAccount:{n.workload_pool}[{ns}/{ksa}]")
         for ns, ksa in ksas
     ]
 
