@@ -79,8 +79,10 @@ class Names:
     subnet: str
     psa_range: str
     cluster: str
-    workload_sa_id: str
+    services_sa_id: str  # the metadata service, UI backend, UI: Cloud SQL, datastore read
+    steps_sa_id: str  # user code: datastore read/write, the stack's user secrets
     node_sa_id: str
+    legacy_workload_sa_id: str  # the one account of earlier versions; retired on upgrade
     db_secret: str
     data_bucket: str
     state_bucket: str
@@ -101,8 +103,10 @@ class Names:
             subnet=f"{base}-gke",
             psa_range=f"{base}-psa",
             cluster=base,
-            workload_sa_id=f"{base}-workload",
+            services_sa_id=f"{base}-services",
+            steps_sa_id=f"{base}-steps",
             node_sa_id=f"{base}-nodes",
+            legacy_workload_sa_id=f"{base}-workload",
             db_secret=f"{base}-db-password",
             data_bucket=s.data_bucket or f"{s.org_prefix}-{s.project}-mf-{s.stack}",
             state_bucket=s.state_bucket or f"{s.org_prefix}-{s.project}-mf-state",
@@ -116,13 +120,33 @@ class Names:
     def sql_connection_name(self, generation: int) -> str:
         return f"{self.project}:{self.region}:{self.sql_instance(generation)}"
 
+    def sa_email(self, account_id: str) -> str:
+        return f"{account_id}@{self.project}.iam.gserviceaccount.com"
+
     @property
-    def workload_sa(self) -> str:
-        return f"{self.workload_sa_id}@{self.project}.iam.gserviceaccount.com"
+    def services_sa(self) -> str:
+        return self.sa_email(self.services_sa_id)
+
+    @property
+    def steps_sa(self) -> str:
+        return self.sa_email(self.steps_sa_id)
 
     @property
     def node_sa(self) -> str:
-        return f"{self.node_sa_id}@{self.project}.iam.gserviceaccount.com"
+        return self.sa_email(self.node_sa_id)
+
+    @property
+    def legacy_workload_sa(self) -> str:
+        return self.sa_email(self.legacy_workload_sa_id)
+
+    # The single account of earlier versions, while callers move to services/steps.
+    @property
+    def workload_sa_id(self) -> str:
+        return self.legacy_workload_sa_id
+
+    @property
+    def workload_sa(self) -> str:
+        return self.legacy_workload_sa
 
     @property
     def workload_pool(self) -> str:
@@ -358,7 +382,7 @@ def _check_derived_names(s: Settings) -> list[ConfigError]:
     """Rules that bind a derived name, reported against the setting the user can change."""
     n = Names.derive(s)
     errors: list[ConfigError] = []
-    for sa_id in (n.workload_sa_id, n.node_sa_id):
+    for sa_id in (n.services_sa_id, n.steps_sa_id, n.node_sa_id):
         if not _SA_ID_MIN <= len(sa_id) <= _SA_ID_MAX:
             room = _SA_ID_MAX - (len(sa_id) - len(s.stack))
             errors.append(
