@@ -84,12 +84,17 @@ class Names:
     node_sa_id: str
     legacy_workload_sa_id: str  # the one account of earlier versions; retired on upgrade
     db_secret: str
+    airflow_db_secret: str
+    user_secret_prefix: str  # Secret Manager names of the secrets user steps may read
     data_bucket: str
     state_bucket: str
     state_object: str
     sql_prefix: str
     database: str = "metaflow"
     db_user: str = "metaflow"
+    # Airflow's metadata database: a second database on the stack's Cloud SQL instance.
+    airflow_database: str = "airflow"
+    airflow_db_user: str = "airflow"
 
     @classmethod
     def derive(cls, s: Settings) -> Names:
@@ -108,6 +113,8 @@ class Names:
             node_sa_id=f"{base}-nodes",
             legacy_workload_sa_id=f"{base}-workload",
             db_secret=f"{base}-db-password",
+            airflow_db_secret=f"{base}-airflow-db-password",
+            user_secret_prefix=f"{base}-user-",
             data_bucket=s.data_bucket or f"{s.org_prefix}-{s.project}-mf-{s.stack}",
             state_bucket=s.state_bucket or f"{s.org_prefix}-{s.project}-mf-state",
             state_object=f"stacks/{s.stack}.json",
