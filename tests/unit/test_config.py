@@ -58,7 +58,11 @@ def test_two_stacks_in_one_project_share_nothing_but_the_state_bucket() -> None:
     a = load_settings({**GOOD, "stack": "dev"}).names()
     b = load_settings({**GOOD, "stack": "prod"}).names()
     shared = {k for k, v in vars(a).items() if vars(b)[k] == v}
-    assert shared == {"project", "region", "zone", "state_bucket", "database", "db_user"}
+    # Database and user names live inside each stack's own Cloud SQL instance.
+    assert shared == {
+        "project", "region", "zone", "state_bucket",
+        "database", "db_user", "airflow_database", "airflow_db_user",
+    }
 
 
 def test_later_sources_win_invoke_config_then_var_file_then_command_line(tmp_path: Path) -> None:
