@@ -8,6 +8,7 @@ from typing import Any
 import helm_python
 import pytest
 
+from metaflow_gcp import kube_names
 from tests.charts.conftest import (
     METAFLOW_CHART,
     Rendered,
@@ -26,14 +27,21 @@ from tests.charts.conftest import (
 )
 
 RELEASE = "metaflow"
-NAMESPACE = "metaflow"
+NAMESPACE = "metaflow"  # where the release record lives, and user code runs
+SERVICES_NS = "metaflow-services"
 
-GSA = "mf-workloads@acme-ml.iam.gserviceaccount.com"
+STEPS_KSA = "mf-dev-steps"
+SERVICES_KSA = "mf-dev-services"
+STEPS_GSA = "mf-dev-steps@acme-ml.iam.gserviceaccount.com"
+SERVICES_GSA = "mf-dev-services@acme-ml.iam.gserviceaccount.com"
 CONNECTION_NAME = "acme-ml:europe-west4:psql-metaflow-3f9a1c2e"
 
 # What the task runner passes for a real stack (deliberately different from the defaults).
 STACK_VALUES: Values = {
-    "serviceAccount": {"name": "metaflow", "gcpServiceAccount": GSA},
+    "serviceAccounts": {
+        "steps": {"name": STEPS_KSA, "gcpServiceAccount": STEPS_GSA},
+        "services": {"name": SERVICES_KSA, "gcpServiceAccount": SERVICES_GSA},
+    },
     "database": {
         "instanceConnectionName": CONNECTION_NAME,
         "name": "metaflow",
@@ -45,11 +53,17 @@ STACK_VALUES: Values = {
     "argoWorkflows": {"enabled": True},
 }
 WITHOUT_ARGO: Values = merged(STACK_VALUES, {"argoWorkflows": {"enabled": False}})
+WITH_AIRFLOW: Values = merged(STACK_VALUES, {"networkPolicy": {"allowAirflow": True}})
+BARE: Values = merged(
+    WITHOUT_ARGO, {"jobsets": {"enabled": False}, "networkPolicy": {"enabled": False}}
+)
 
 SCENARIOS: dict[str, Values | None] = {
     "defaults": None,
     "stack": STACK_VALUES,
     "stack-without-argo": WITHOUT_ARGO,
+    "stack-with-airflow": WITH_AIRFLOW,
+    "no-argo-no-jobsets-no-policies": BARE,
 }
 
 # (Deployment, Service, port, health path) for the three services.
@@ -112,10 +126,35 @@ def test_renders_the_three_services_and_their_deployments(stack: Rendered) -> No
     assert stack.names("Service") == names
 
 
-def test_objects_are_namespaced_by_the_release_only(scenario: tuple[Values, Rendered]) -> None:
+SERVICE_KINDS = {"Deployment", "Service"}
+
+
+def test_services_live_apart_from_user_code(scenario: tuple[Values, Rendered]) -> None:
+    """Every object names its namespace: the services' in metaflow-services, where no user
+    pod runs; what user code needs (its account, RBAC) in metaflow."""
     _, rendered = scenario
     for manifest in rendered.manifests:
-        assert manifest["metadata"].get("namespace") in (None, NAMESPACE)
+        namespace = manifest["metadata"]["namespace"]
+        if manifest["kind"] in SERVICE_KINDS:
+            assert namespace == SERVICES_NS, manifest["metadata"]["name"]
+        elif manifest["kind"] in ("Role", "RoleBinding", "Secret"):
+            assert namespace == NAMESPACE, manifest["metadata"]["name"]
+        else:
+            assert namespace in (NAMESPACE, SERVICES_NS)
+
+
+def test_the_chart_namespaces_are_the_shared_names() -> None:
+    namespaces = effective(None)["namespaces"]
+    assert namespaces == {
+        "steps": kube_names.METAFLOW_NS,
+        "services": kube_names.SERVICES_NS,
+        "airflow": kube_names.AIRFLOW_NS,
+    }
+
+
+def test_services_and_user_code_cannot_share_a_namespace() -> None:
+    error = refused(merged(STACK_VALUES, {"namespaces": {"services": NAMESPACE}}))
+    assert "namespaces.services must differ" in error
 
 
 def test_every_object_carries_the_standard_labels(scenario: tuple[Values, Rendered]) -> None:
@@ -126,7 +165,7 @@ def test_every_object_carries_the_standard_labels(scenario: tuple[Values, Render
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/part-of"] == "metaflow"
         assert labels["helm.sh/chart"].startswith("metaflow-")
-        if manifest["kind"] in ("Deployment", "Service"):
+        if manifest["kind"] in ("Deployment", "Service", "ServiceAccount"):
             assert labels["app.kubernetes.io/component"]
 
 
@@ -262,7 +301,7 @@ def test_migrations_run_as_an_init_container_after_the_proxy(stack: Rendered) ->
 def test_ui_backend_waits_for_the_migrated_metadata_service(stack: Rendered) -> None:
     init = pod_spec(stack.get("Deployment", "metaflow-ui-backend"))["initContainers"]
     assert [c["name"] for c in init] == ["cloud-sql-proxy", "wait-for-metadata-service"]
-    assert init[1]["command"][-1] == "http://metadata-service.metaflow.svc:8080/ping"
+    assert init[1]["command"][-1] == "http://metadata-service.metaflow-services.svc:8080/ping"
 
 
 def database_containers(rendered: Rendered) -> list[dict[str, Any]]:
@@ -310,7 +349,7 @@ def test_the_only_secret_is_a_service_account_token_that_carries_no_data(
         assert secret["type"] == "kubernetes.io/service-account-token", name
         assert "data" not in secret, name
         assert "stringData" not in secret, name
-    token = f"{values['serviceAccount']['name']}.service-account-token"
+    token = f"{values['serviceAccounts']['steps']['name']}.service-account-token"
     expected = {token} if values["argoWorkflows"]["enabled"] else set()
     assert rendered.names("Secret") == expected
 
@@ -461,36 +500,62 @@ def test_floating_or_missing_tags_are_refused(image: str, tag: str) -> None:
     refused(merged(STACK_VALUES, {"images": {image: {"tag": tag}}}))
 
 
-# --- service account and Workload Identity ---------------------------------------------------
+# --- service accounts and Workload Identity -------------------------------------------------
 
 
-def test_service_account_carries_the_workload_identity_annotation(stack: Rendered) -> None:
-    account = stack.get("ServiceAccount", "metaflow")
-    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": GSA}
+def accounts(rendered: Rendered) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m
+        for m in rendered.of_kind("ServiceAccount")
+    }
 
 
-def test_service_account_has_no_annotation_without_a_google_account() -> None:
-    account = render(None).get("ServiceAccount", "metaflow")
-    assert "annotations" not in account["metadata"]
-    assert "gcpServiceAccount is empty" in render(None).notes
+def test_each_trust_level_has_its_own_account_and_google_identity(stack: Rendered) -> None:
+    found = accounts(stack)
+    assert set(found) == {(NAMESPACE, STEPS_KSA), (SERVICES_NS, SERVICES_KSA)}
+    annotation = "iam.gke.io/gcp-service-account"
+    assert found[(NAMESPACE, STEPS_KSA)]["metadata"]["annotations"] == {annotation: STEPS_GSA}
+    assert found[(SERVICES_NS, SERVICES_KSA)]["metadata"]["annotations"] == {
+        annotation: SERVICES_GSA
+    }
 
 
-def test_every_pod_runs_as_the_metaflow_service_account(stack: Rendered) -> None:
+def test_accounts_have_no_annotation_without_a_google_account() -> None:
+    rendered = render(None)
+    for account in rendered.of_kind("ServiceAccount"):
+        assert "annotations" not in account["metadata"]
+    assert "serviceAccounts.steps.gcpServiceAccount is empty" in rendered.notes
+    assert "serviceAccounts.services.gcpServiceAccount is empty" in rendered.notes
+
+
+def test_every_service_pod_runs_as_the_services_account(stack: Rendered) -> None:
     for workload in stack.of_kind("Deployment"):
-        assert pod_spec(workload)["serviceAccountName"] == "metaflow"
+        assert pod_spec(workload)["serviceAccountName"] == SERVICES_KSA
 
 
-def test_a_renamed_service_account_is_used_everywhere() -> None:
-    rendered = render(merged(STACK_VALUES, {"serviceAccount": {"name": "mf-jobs"}}))
-    assert rendered.names("ServiceAccount") == {"mf-jobs"}
+def test_renamed_accounts_are_used_everywhere() -> None:
+    rendered = render(
+        merged(
+            STACK_VALUES,
+            {"serviceAccounts": {"steps": {"name": "jobs"}, "services": {"name": "svc"}}},
+        )
+    )
+    assert set(accounts(rendered)) == {(NAMESPACE, "jobs"), (SERVICES_NS, "svc")}
     for workload in rendered.of_kind("Deployment"):
-        assert pod_spec(workload)["serviceAccountName"] == "mf-jobs"
-    binding = rendered.get("RoleBinding", "metaflow-argo-workflows-executor")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "mf-jobs", "namespace": NAMESPACE}
-    ]
-    token = rendered.get("Secret", "mf-jobs.service-account-token")
-    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "mf-jobs"}
+        assert pod_spec(workload)["serviceAccountName"] == "svc"
+    for binding in rendered.of_kind("RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "jobs", "namespace": NAMESPACE}
+        ]
+    token = rendered.get("Secret", "jobs.service-account-token")
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "jobs"}
+
+
+@pytest.mark.parametrize("name", ["", "Metaflow", "mf_dev", "-mf"])
+def test_an_account_name_kubernetes_would_refuse_is_refused(name: str) -> None:
+    assert "serviceAccounts" in refused(
+        merged(STACK_VALUES, {"serviceAccounts": {"steps": {"name": name}}})
+    )
 
 
 # --- UI wiring --------------------------------------------------------------------------------
@@ -513,7 +578,7 @@ def test_ui_backend_reads_the_gcs_datastore_and_the_in_cluster_metadata_service(
     expected = {
         "PATH_PREFIX": "/api",
         "UI_ENABLED": "1",
-        "METAFLOW_SERVICE_URL": "http://metadata-service.metaflow.svc:8080/",
+        "METAFLOW_SERVICE_URL": "http://metadata-service.metaflow-services.svc:8080/",
         "METAFLOW_DEFAULT_DATASTORE": "gs",
         "METAFLOW_DATASTORE_SYSROOT_GS": values["datastore"]["sysroot"],
         "METAFLOW_DEFAULT_METADATA": "service",
@@ -531,9 +596,14 @@ def test_ui_backend_accepts_cross_origin_calls_from_the_configured_ui_origin(
     assert env["ORIGIN_TO_ALLOW_CORS_FROM"]["value"] == values["ui"]["corsOrigin"]
 
 
-def test_ui_backend_accepts_any_origin_by_default() -> None:
+def test_ui_backend_accepts_only_the_port_forwarded_ui_by_default() -> None:
+    """Unset, the backend answers every call with `Access-Control-Allow-Origin: *`; "*" lets
+    any page in the browser read run data. The default is the UI's origin as printed by
+    `inv port-forward`, which is also where the UI sends the browser for data."""
+    values = effective(None)
     env = env_of(container(render(None).get("Deployment", "metaflow-ui-backend"), "ui-backend"))
-    assert env["ORIGIN_TO_ALLOW_CORS_FROM"]["value"] == "*"
+    assert env["ORIGIN_TO_ALLOW_CORS_FROM"]["value"] == kube_names.local_url("ui")
+    assert values["ui"]["backendUrl"] == kube_names.local_url("ui-backend", "/api")
 
 
 @pytest.mark.parametrize(
@@ -546,11 +616,11 @@ def test_a_cors_origin_that_is_not_an_origin_is_refused(origin: str) -> None:
 
 
 def test_notes_print_the_client_settings_for_this_install(stack: Rendered) -> None:
-    assert "METAFLOW_SERVICE_INTERNAL_URL=http://metadata-service.metaflow.svc:8080/" in (
-        stack.notes
-    )
-    assert "METAFLOW_KUBERNETES_SERVICE_ACCOUNT=metaflow" in stack.notes
-    assert "port-forward service/metaflow-ui 3000:3000" in stack.notes
+    internal = "http://metadata-service.metaflow-services.svc:8080/"
+    assert f"METAFLOW_SERVICE_INTERNAL_URL={internal}" in stack.notes
+    assert f"METAFLOW_KUBERNETES_SERVICE_ACCOUNT={STEPS_KSA}" in stack.notes
+    assert f"METAFLOW_KUBERNETES_NAMESPACE={NAMESPACE}" in stack.notes
+    assert f"-n {SERVICES_NS} port-forward service/metaflow-ui 3000:3000" in stack.notes
 
 
 # --- Argo Workflows executor RBAC ------------------------------------------------------------
@@ -561,6 +631,7 @@ def test_argo_executor_role_exists_only_when_argo_is_enabled(
 ) -> None:
     values, rendered = scenario
     expected = {"metaflow-argo-workflows-executor"} if values["argoWorkflows"]["enabled"] else set()
+    expected |= {"metaflow-jobsets"} if values["jobsets"]["enabled"] else set()
     assert rendered.names("Role") == expected
     assert rendered.names("RoleBinding") == expected
 
@@ -572,14 +643,15 @@ def test_argo_agent_gets_the_token_secret_kubernetes_no_longer_creates(
     workflow's service account and mounts its token from `<account>.service-account-token`.
     Kubernetes >= 1.24 only makes that Secret when asked, by one of this type and annotation."""
     values, rendered = scenario
-    account = values["serviceAccount"]["name"]
+    account = values["serviceAccounts"]["steps"]["name"]
     if not values["argoWorkflows"]["enabled"]:
         assert rendered.of_kind("Secret") == []
         return
     token = rendered.get("Secret", f"{account}.service-account-token")
     assert token["type"] == "kubernetes.io/service-account-token"
     assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": account}
-    assert rendered.names("ServiceAccount") == {account}  # the account it names is ours
+    assert token["metadata"]["namespace"] == NAMESPACE
+    assert (NAMESPACE, account) in accounts(rendered)  # the account it names is ours
 
 
 def test_argo_executor_role_lets_steps_and_the_agent_report_their_results(
@@ -606,5 +678,283 @@ def test_argo_executor_role_lets_steps_and_the_agent_report_their_results(
     binding = stack.get("RoleBinding", "metaflow-argo-workflows-executor")
     assert binding["roleRef"]["name"] == "metaflow-argo-workflows-executor"
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "metaflow", "namespace": NAMESPACE}
+        {"kind": "ServiceAccount", "name": STEPS_KSA, "namespace": NAMESPACE}
     ]
+
+
+# --- JobSets (@parallel) ---------------------------------------------------------------------
+
+
+def test_the_steps_account_may_run_jobsets_in_its_namespace_only(stack: Rendered) -> None:
+    """Argo's resource template creates the JobSet as the steps' account and follows it until
+    status.terminalState says how it ended; a killed run deletes it."""
+    role = stack.get("Role", "metaflow-jobsets")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {
+        ("jobset.x-k8s.io", "jobsets", verb)
+        for verb in ("create", "get", "list", "watch", "delete")
+    }
+    binding = stack.get("RoleBinding", "metaflow-jobsets")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "metaflow-jobsets",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": STEPS_KSA, "namespace": NAMESPACE}
+    ]
+
+
+def test_the_services_account_is_granted_nothing_in_kubernetes(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    services = values["serviceAccounts"]["services"]["name"]
+    for binding in rendered.of_kind("RoleBinding"):
+        assert all(s["name"] != services for s in binding["subjects"])
+
+
+# --- NetworkPolicies -----------------------------------------------------------------------------
+
+
+def policies(rendered: Rendered, namespace: str) -> dict[str, dict[str, Any]]:
+    return {
+        m["metadata"]["name"]: m["spec"]
+        for m in rendered.of_kind("NetworkPolicy")
+        if m["metadata"]["namespace"] == namespace
+    }
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Does a label selector (matchLabels + Exists expressions) select these labels?"""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "Exists", "only Exists is modelled here"
+        if expression["key"] not in labels:
+            return False
+    return True
+
+
+def ingress_allowed(
+    rendered: Rendered,
+    to: tuple[str, dict[str, str]],
+    source: tuple[str, dict[str, str]],
+    port: int,
+) -> bool:
+    """Would a TCP connection from a pod (namespace, labels) reach `to` on `port`?
+
+    Standard NetworkPolicy semantics: a pod selected by any Ingress policy is isolated and
+    takes only what some rule of those policies allows; peers in one `from` entry are ORed,
+    a namespaceSelector+podSelector pair in one peer is ANDed."""
+    namespace, labels = to
+    source_ns, source_labels = source
+    selecting = [
+        spec
+        for spec in policies(rendered, namespace).values()
+        if "Ingress" in spec["policyTypes"] and selects(spec["podSelector"], labels)
+    ]
+    if not selecting:
+        return True
+    for spec in selecting:
+        for rule in spec.get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(p["port"] == port and p["protocol"] == "TCP" for p in ports):
+                continue
+            for peer in rule.get("from", [{}]):
+                ns_ok = (
+                    selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": source_ns})
+                    if "namespaceSelector" in peer
+                    else source_ns == namespace
+                )
+                pod_ok = selects(peer.get("podSelector", {}), source_labels)
+                if "ipBlock" not in peer and ns_ok and pod_ok:
+                    return True
+    return False
+
+
+def service_pod(rendered: Rendered, deployment: str) -> tuple[str, dict[str, str]]:
+    return SERVICES_NS, pod_labels(rendered.get("Deployment", deployment))
+
+
+STEP_POD = (NAMESPACE, {"app.kubernetes.io/name": "metaflow-task"})
+AIRFLOW_STEP_POD = ("airflow", {"app.kubernetes.io/name": "metaflow-task"})
+OTHER_POD = ("default", {"app": "anything"})
+JOBSET_POD = (NAMESPACE, {"jobset.sigs.k8s.io/jobset-name": "js-1", "app": "x"})
+
+
+def test_policies_are_standard_network_policies_dataplane_v2_enforces(stack: Rendered) -> None:
+    found = stack.of_kind("NetworkPolicy")
+    assert found
+    assert {m["apiVersion"] for m in found} == {"networking.k8s.io/v1"}
+
+
+@pytest.mark.parametrize("namespace", [NAMESPACE, SERVICES_NS])
+def test_each_namespace_denies_all_ingress_by_default(stack: Rendered, namespace: str) -> None:
+    deny = [
+        spec
+        for spec in policies(stack, namespace).values()
+        if spec["podSelector"] == {} and "Ingress" in spec["policyTypes"]
+    ]
+    assert len(deny) == 1 and "ingress" not in deny[0]
+
+
+def test_the_services_namespace_denies_all_egress_by_default(stack: Rendered) -> None:
+    deny = policies(stack, SERVICES_NS)["default-deny"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress", "Egress"]
+    assert "egress" not in deny
+
+
+def test_step_pods_and_the_ui_backend_reach_the_metadata_service_port_only(
+    stack: Rendered,
+) -> None:
+    metadata = service_pod(stack, "metadata-service")
+    backend = service_pod(stack, "metaflow-ui-backend")
+    assert ingress_allowed(stack, metadata, STEP_POD, 8080)
+    assert ingress_allowed(stack, metadata, backend, 8080)
+    assert not ingress_allowed(stack, metadata, STEP_POD, 9801)  # not the proxy's health port
+    assert not ingress_allowed(stack, metadata, OTHER_POD, 8080)
+    assert not ingress_allowed(stack, metadata, AIRFLOW_STEP_POD, 8080)
+    assert not ingress_allowed(stack, metadata, service_pod(stack, "metaflow-ui"), 8080)
+
+
+def test_airflow_step_pods_reach_the_metadata_service_when_airflow_runs() -> None:
+    rendered = render(WITH_AIRFLOW)
+    assert ingress_allowed(
+        rendered, service_pod(rendered, "metadata-service"), AIRFLOW_STEP_POD, 8080
+    )
+
+
+@pytest.mark.parametrize(
+    ("deployment", "port"), [("metaflow-ui-backend", 8083), ("metaflow-ui", 3000)]
+)
+def test_the_ui_and_its_backend_take_no_call_from_any_pod(
+    stack: Rendered, deployment: str, port: int
+) -> None:
+    """The browser reaches them through `kubectl port-forward`, which the kubelet delivers on
+    the pod's loopback: no pod-network peer needs them."""
+    target = service_pod(stack, deployment)
+    for source in (STEP_POD, OTHER_POD, service_pod(stack, "metadata-service")):
+        assert not ingress_allowed(stack, target, source, port)
+
+
+def egress_rules(rendered: Rendered, deployment: str) -> list[dict[str, Any]]:
+    labels = pod_labels(rendered.get("Deployment", deployment))
+    return [
+        rule
+        for spec in policies(rendered, SERVICES_NS).values()
+        if "Egress" in spec["policyTypes"] and selects(spec["podSelector"], labels)
+        for rule in spec.get("egress", [])
+    ]
+
+
+def egress_ports(rules: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["port"]) for rule in rules for p in rule["ports"]}
+
+
+@pytest.mark.parametrize("deployment", DATABASE_DEPLOYMENTS)
+def test_database_pods_reach_dns_the_metadata_server_google_apis_and_cloud_sql_only(
+    stack: Rendered, deployment: str
+) -> None:
+    rules = egress_rules(stack, deployment)
+    assert all(rule.get("ports") and rule.get("to") for rule in rules)  # no open-ended rule
+    assert egress_ports(rules) - {("TCP", 8080)} == {
+        ("UDP", 53),
+        ("TCP", 53),
+        ("TCP", 80),
+        ("TCP", 988),
+        ("TCP", 443),
+        ("TCP", 3307),
+    }
+    https = next(r for r in rules if r["ports"] == [{"protocol": "TCP", "port": 443}])
+    block = https["to"][0]["ipBlock"]
+    assert block["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(block["except"])
+    metadata_server = [r for r in rules if {"protocol": "TCP", "port": 80} in r["ports"]]
+    assert metadata_server[0]["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}]
+
+
+def test_only_the_ui_backend_may_call_the_metadata_service_from_the_services_namespace(
+    stack: Rendered,
+) -> None:
+    backend = egress_rules(stack, "metaflow-ui-backend")
+    assert egress_ports(backend) >= {("TCP", 8080)}
+    assert ("TCP", 8080) not in egress_ports(egress_rules(stack, "metadata-service"))
+    assert egress_rules(stack, "metaflow-ui") == []
+
+
+def test_jobset_pods_talk_to_each_other_and_nothing_else_reaches_user_code(
+    stack: Rendered,
+) -> None:
+    other_jobset = (NAMESPACE, {"jobset.sigs.k8s.io/jobset-name": "js-1", "x": "y"})
+    assert ingress_allowed(stack, JOBSET_POD, other_jobset, 29500)
+    assert not ingress_allowed(stack, JOBSET_POD, STEP_POD, 29500)
+    assert not ingress_allowed(stack, STEP_POD, STEP_POD, 8080)
+    assert not ingress_allowed(stack, STEP_POD, OTHER_POD, 8080)
+
+
+def test_policies_can_be_switched_off_for_a_cluster_without_enforcement() -> None:
+    assert render(BARE).of_kind("NetworkPolicy") == []
+
+
+# --- UI backend sizing ---------------------------------------------------------------------------
+
+
+def mebibytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_ui_backend_cache_pools_and_disk_limits_are_set_explicitly(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    """Unset, the backend runs 16 + 16 + 8 cache workers and sizes its caches from the node's
+    whole boot disk (services/ui_backend_service/data/cache/store.py)."""
+    values, rendered = scenario
+    cache = values["uiBackend"]["cache"]
+    env = env_of(container(rendered.get("Deployment", "metaflow-ui-backend"), "ui-backend"))
+    assert env["CACHE_ARTIFACT_MAX_ACTIONS"]["value"] == str(cache["artifactWorkers"])
+    assert env["CACHE_DAG_MAX_ACTIONS"]["value"] == str(cache["dagWorkers"])
+    assert env["CACHE_LOG_MAX_ACTIONS"]["value"] == str(cache["logWorkers"])
+    for kind in ("artifact", "dag", "log"):
+        limit = env[f"CACHE_{kind.upper()}_STORAGE_LIMIT"]["value"]
+        assert limit == str(cache[f"{kind}StorageMiB"] * 1024 * 1024)  # bytes, not MiB
+    assert env["CARD_CACHE_STORAGE_PATH"]["value"] == "/tmp"
+
+
+def test_ui_backend_caches_live_on_size_limited_volumes_that_fit_its_storage_limit(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    values, rendered = scenario
+    cache = values["uiBackend"]["cache"]
+    workload = rendered.get("Deployment", "metaflow-ui-backend")
+    mounts = {m["mountPath"]: m["name"] for m in container(workload, "ui-backend")["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    cache_volume = volumes[mounts["/root/cache_data"]]["emptyDir"]["sizeLimit"]
+    tmp_volume = volumes[mounts["/tmp"]]["emptyDir"]["sizeLimit"]
+    caches = cache["artifactStorageMiB"] + cache["dagStorageMiB"] + cache["logStorageMiB"]
+    # The caches collect garbage above their limit, so the volume leaves them headroom.
+    assert caches <= 0.9 * mebibytes(cache_volume)
+    resources = container(workload, "ui-backend")["resources"]
+    limit = mebibytes(resources["limits"]["ephemeral-storage"])
+    assert limit >= mebibytes(cache_volume) + mebibytes(tmp_volume) + 256  # + logs, layer
+    assert "ephemeral-storage" in resources["requests"]
+
+
+def test_ui_backend_memory_fits_its_worker_processes(scenario: tuple[Values, Rendered]) -> None:
+    """About 150 MiB per Python process: the server, three cache servers, the card cache and
+    every cache worker."""
+    values, rendered = scenario
+    cache = values["uiBackend"]["cache"]
+    workers = cache["artifactWorkers"] + cache["dagWorkers"] + cache["logWorkers"]
+    workload = rendered.get("Deployment", "metaflow-ui-backend")
+    limit = mebibytes(container(workload, "ui-backend")["resources"]["limits"]["memory"])
+    assert limit >= 150 * (workers + 5)
+    assert workers <= 16  # upstream's 40 under a few GiB is what got the pod OOM-killed

@@ -66,10 +66,10 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Pod-level settings shared by the three Deployments.
+Pod-level settings shared by the three Deployments: they all run as the services' account.
 */}}
 {{- define "metaflow.podSpecCommon" -}}
-serviceAccountName: {{ .Values.serviceAccount.name }}
+serviceAccountName: {{ include "metaflow.servicesAccount" . }}
 # GKE Workload Identity works through the metadata server; the pods never call the
 # Kubernetes API, so no API token is mounted.
 automountServiceAccountToken: false
@@ -80,10 +80,33 @@ securityContext:
 {{- end }}
 
 {{/*
+The two namespaces and the two accounts, each checked once.
+*/}}
+{{- define "metaflow.stepsNamespace" -}}
+{{- required "namespaces.steps is required" .Values.namespaces.steps -}}
+{{- end }}
+
+{{- define "metaflow.servicesNamespace" -}}
+{{- $ns := required "namespaces.services is required" .Values.namespaces.services -}}
+{{- if eq $ns (include "metaflow.stepsNamespace" .) -}}
+{{- fail "namespaces.services must differ from namespaces.steps: user code must not share a namespace with the database password" -}}
+{{- end -}}
+{{- $ns -}}
+{{- end }}
+
+{{- define "metaflow.stepsAccount" -}}
+{{- required "serviceAccounts.steps.name is required" .Values.serviceAccounts.steps.name -}}
+{{- end }}
+
+{{- define "metaflow.servicesAccount" -}}
+{{- required "serviceAccounts.services.name is required" .Values.serviceAccounts.services.name -}}
+{{- end }}
+
+{{/*
 In-cluster URL of the metadata service (what pods, not browsers, use).
 */}}
 {{- define "metaflow.metadataServiceUrl" -}}
-{{- printf "http://metadata-service.%s.svc:8080/" .Release.Namespace -}}
+{{- printf "http://metadata-service.%s.svc:8080/" (include "metaflow.servicesNamespace" .) -}}
 {{- end }}
 
 {{/*
@@ -145,4 +168,49 @@ Database settings for containers that reach Postgres through the local proxy.
     secretKeyRef:
       name: {{ required "database.passwordSecret.name is required" .Values.database.passwordSecret.name }}
       key: {{ required "database.passwordSecret.key is required" .Values.database.passwordSecret.key }}
+{{- end }}
+
+{{/*
+Egress every pod that reaches Google needs, as far as a NetworkPolicy can say it:
+- DNS: kube-dns, NodeLocal DNSCache (169.254.20.10) and Cloud DNS for GKE (169.254.169.254).
+- The GKE metadata server, which hands out the Workload Identity tokens: 169.254.169.254:80,
+  and 169.254.169.252:988 where GKE serves it there (the addresses GKE's network policy
+  documentation lists).
+- Google APIs (Cloud SQL Admin, GCS) on 443 outside the private ranges: a NetworkPolicy cannot
+  name hosts, so this is "HTTPS to the internet", not to anything inside the VPC.
+- Cloud SQL's private IP on 3307, the port the Auth Proxy dials (networkPolicy.cloudSqlCidrs).
+*/}}
+{{- define "metaflow.googleEgress" -}}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+    - ipBlock: {cidr: 169.254.20.10/32}
+    - ipBlock: {cidr: 169.254.169.254/32}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+- to:
+    - ipBlock: {cidr: 169.254.169.254/32}
+  ports:
+    - {protocol: TCP, port: 80}
+- to:
+    - ipBlock: {cidr: 169.254.169.252/32}
+  ports:
+    - {protocol: TCP, port: 988}
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]
+  ports:
+    - {protocol: TCP, port: 443}
+- to:
+    {{- range .Values.networkPolicy.cloudSqlCidrs }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  ports:
+    - {protocol: TCP, port: 3307}
 {{- end }}
