@@ -104,3 +104,37 @@ class Accounts:
         return cls(
             steps=f"{base}-steps", services=f"{base}-services", airflow_db=f"{base}-airflow-db"
         )
+
+
+# Pod Security admission: the level each namespace enforces. Every namespace also warns and
+# audits at `restricted`, so what keeps a namespace below it shows in kubectl and the audit log.
+POD_SECURITY_VERSION = "v1.33"  # pinned: a Kubernetes upgrade does not tighten it by surprise
+POD_SECURITY: dict[str, str] = {
+    # Metaflow's step pods (and Argo's and Airflow's pods running them) set no securityContext.
+    METAFLOW_NS: "baseline",
+    # The stock metadata service image only runs as uid 0 (charts/metaflow values.yaml);
+    # `restricted` requires runAsNonRoot. The UI and the proxies would pass it.
+    SERVICES_NS: "baseline",
+    # Chart 0.47.5 runs controller and server non-root without privileges, but sets no
+    # seccompProfile; `restricted` requires one (values/argo-workflows.yaml may add it).
+    ARGO_NS: "baseline",
+    # Chart 2.4.22 sets no pod or container securityContext at all.
+    ARGO_EVENTS_NS: "baseline",
+    # Airflow's own pods and Metaflow's step pods run side by side; the steps set none.
+    AIRFLOW_NS: "baseline",
+    # Chart 0.12.0: runAsNonRoot and RuntimeDefault seccomp on the pod, no capability.
+    JOBSET_NS: "restricted",
+}
+
+
+def pod_security_labels(namespace: str) -> dict[str, str]:
+    """The Pod Security admission labels of one of the stack's namespaces."""
+    prefix = "pod-security.kubernetes.io"
+    labels: dict[str, str] = {
+        f"{prefix}/enforce": POD_SECURITY[namespace],
+        f"{prefix}/enforce-version": POD_SECURITY_VERSION,
+    }
+    for mode in ("warn", "audit"):
+        labels[f"{prefix}/{mode}"] = "restricted"
+        labels[f"{prefix}/{mode}-version"] = POD_SECURITY_VERSION
+    return labels

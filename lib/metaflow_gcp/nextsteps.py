@@ -16,35 +16,29 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from metaflow_gcp import kube_names as k
 from metaflow_gcp.config import Names
+from metaflow_gcp.kube_names import Accounts
 
 if TYPE_CHECKING:
     from metaflow_gcp.app import Stack
 
-# Fixed by the charts (charts/README.md) and values/*.yaml; port-forward.py uses the same ports.
-METAFLOW_NAMESPACE = "metaflow"
-METAFLOW_KSA = "metaflow"
-AIRFLOW_NAMESPACE = "airflow"
-# Airflow's Metaflow step pods run as their own account (services.up creates it, with Workload
-# Identity and no RBAC), never as the scheduler's, which holds Airflow's pod-launcher Role.
-AIRFLOW_JOBS_KSA = "metaflow"
-METADATA_SERVICE = "metadata-service"  # charts/metaflow/templates/metadata-service.yaml
-EVENT_SOURCE = "argo-events-webhook"  # charts/metaflow-argo-events webhook.eventSourceName
-EVENT_NAME = "metaflow-event"  # webhook.eventName
-EVENT_BUS = "default"  # eventBus.name
-SENSOR_SA = "operate-workflow-sa"  # sensorServiceAccount
-WEBHOOK_PORT = 12000
-
-UI_URL = "http://localhost:3000"
-METADATA_URL = "http://localhost:8080"
-ARGO_UI_URL = "http://localhost:2746"
-AIRFLOW_UI_URL = "http://localhost:9090"
+UI_URL = k.local_url("ui")
+METADATA_URL = k.local_url("metadata")
+ARGO_UI_URL = k.local_url("argo")
+AIRFLOW_UI_URL = k.local_url("airflow")
+# What the Argo UI's login box takes: argo-server runs in client mode and hands the bearer token
+# to the Kubernetes API, which on GKE accepts the user's own Google access token (the one the
+# gke-gcloud-auth-plugin gives kubectl), so the UI sees what the user's RBAC allows.
+ARGO_TOKEN_COMMAND = 'echo "Bearer $(gcloud auth print-access-token)"'  # noqa: S105 - a command
+# The TYPE of metaflow/plugins/gcp/gcp_secret_manager_secrets_provider.py.
+SECRETS_BACKEND = "gcp-secret-manager"
 
 AIRFLOW_PROFILE = "airflow"
 CLIENT_PACKAGES = ("metaflow", "kubernetes", "google-cloud-storage", "google-auth")
@@ -81,12 +75,25 @@ def base_config(names: Names) -> Config:
         "METAFLOW_DATASTORE_SYSROOT_GS": names.datastore_root,
         "METAFLOW_DEFAULT_METADATA": "service",
         # The workstation reaches the service through `inv port-forward`; pods use the
-        # in-cluster name (Metaflow hands SERVICE_INTERNAL_URL to every step pod).
-        "METAFLOW_SERVICE_URL": "http://127.0.0.1:8080/",
-        "METAFLOW_SERVICE_INTERNAL_URL": (
-            f"http://{METADATA_SERVICE}.{METAFLOW_NAMESPACE}.svc.cluster.local:8080/"
+        # in-cluster name (Metaflow hands SERVICE_INTERNAL_URL to every step pod), in the
+        # services' namespace.
+        "METAFLOW_SERVICE_URL": k.local_url("metadata", "/"),
+        "METAFLOW_SERVICE_INTERNAL_URL": k.in_cluster_url(
+            k.METADATA_SERVICE, k.SERVICES_NS, k.METADATA_PORT, "/"
         ),
         "METAFLOW_UI_URL": UI_URL,
+    }
+
+
+def secrets_config(names: Names, project_number: str) -> Config:
+    """@secrets through Secret Manager. Metaflow joins prefix and name as plain text, so
+    `@secrets(sources=["db"])` reads projects/N/secrets/mf-<stack>-user-db/versions/latest:
+    the names the steps' account may read (an IAM condition on that prefix)."""
+    return {
+        "METAFLOW_DEFAULT_SECRETS_BACKEND_TYPE": SECRETS_BACKEND,
+        "METAFLOW_GCP_SECRET_MANAGER_PREFIX": (
+            f"projects/{project_number}/secrets/{names.user_secret_prefix}"
+        ),
     }
 
 
@@ -100,34 +107,39 @@ def jobs_config(namespace: str, service_account: str) -> Config:
 
 def argo_config() -> Config:
     """The Argo Events objects charts/metaflow-argo-events creates, and the Argo UI."""
-    path = f"/{EVENT_NAME}"
+    path = f"/{k.EVENT_NAME}"
     return {
-        "METAFLOW_ARGO_EVENTS_EVENT_BUS": EVENT_BUS,
-        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": EVENT_SOURCE,
-        "METAFLOW_ARGO_EVENTS_EVENT": EVENT_NAME,
-        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": SENSOR_SA,
-        "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": f"http://127.0.0.1:{WEBHOOK_PORT}{path}",
-        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": (
-            f"http://{EVENT_SOURCE}-eventsource-svc.{METAFLOW_NAMESPACE}.svc.cluster.local:"
-            f"{WEBHOOK_PORT}{path}"
+        "METAFLOW_ARGO_EVENTS_EVENT_BUS": k.EVENT_BUS,
+        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": k.EVENT_SOURCE,
+        "METAFLOW_ARGO_EVENTS_EVENT": k.EVENT_NAME,
+        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": k.SENSOR_KSA,
+        "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": k.local_url("webhook", path),
+        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": k.in_cluster_url(
+            k.EVENT_SOURCE_SERVICE, k.METAFLOW_NS, k.WEBHOOK_PORT, path
         ),
         "METAFLOW_ARGO_EVENTS_WEBHOOK_AUTH": "none",
         "METAFLOW_ARGO_WORKFLOWS_UI_URL": ARGO_UI_URL,
     }
 
 
-def metaflow_profiles(names: Names, *, argo: bool, airflow: bool) -> list[Profile]:
+def metaflow_profiles(
+    names: Names, *, argo: bool, airflow: bool, project_number: str = ""
+) -> list[Profile]:
     """The config files for what the stack runs.
 
-    Metaflow jobs run in `metaflow` as `metaflow`, except for Airflow: its pod-launcher
-    RBAC only covers Airflow's own namespace, so Airflow's steps must run there, as the
-    `metaflow` account of that namespace (Google access, no Kubernetes permissions; the
+    Metaflow jobs run in `metaflow` as the stack's steps account, except for Airflow: its
+    pod-launcher RBAC only covers Airflow's own namespace, so Airflow's steps must run there,
+    as the steps account of that namespace (Google access, no Kubernetes permissions; the
     scheduler's own account could exec into the scheduler). With both, the default profile
-    is Argo's and Airflow gets its own.
+    is Argo's and Airflow gets its own. Without the project number (a state file from before
+    it was recorded) the @secrets keys are left out rather than guessed.
     """
     base = base_config(names)
-    metaflow_jobs = jobs_config(METAFLOW_NAMESPACE, METAFLOW_KSA)
-    airflow_jobs = jobs_config(AIRFLOW_NAMESPACE, AIRFLOW_JOBS_KSA)
+    if project_number:
+        base.update(secrets_config(names, project_number))
+    steps = Accounts.of(names).steps
+    metaflow_jobs = jobs_config(k.METAFLOW_NS, steps)
+    airflow_jobs = jobs_config(k.AIRFLOW_NS, steps)
     if argo and airflow:
         return [
             Profile("", {**base, **metaflow_jobs, **argo_config()}, "Argo Workflows, @kubernetes"),
@@ -300,6 +312,7 @@ def print_next_steps(stack: Stack, written: list[Written]) -> None:
         "5. Reach the services (keep it running in another terminal):",
         cmd("inv port-forward"),
         ", ".join(urls),
+        *(argo_login_lines(cmd) if argo else ()),
     )
     runs = [cmd("python flow.py run --with kubernetes")]
     if argo:
@@ -329,11 +342,20 @@ def print_next_steps(stack: Stack, written: list[Written]) -> None:
             cmd("inv airflow.upload-dag my-dag.py"),
             "the chart creates no login; create an admin once (it asks for the password):",
             cmd(
-                f"kubectl --context={n.kube_context} -n {AIRFLOW_NAMESPACE} exec -it "
+                f"kubectl --context={n.kube_context} -n {k.AIRFLOW_NS} exec -it "
                 "deploy/airflow-webserver -c webserver -- airflow users create --role Admin "
                 "--username admin --email admin@example.com --firstname Admin --lastname User"
             ),
         )
+
+
+def argo_login_lines(cmd: Callable[[str], str]) -> list[str]:
+    """How to log into the Argo UI: it asks for a token and takes the user's own."""
+    return [
+        f"the Argo UI asks for a token: paste what {cmd(ARGO_TOKEN_COMMAND)} prints into "
+        "its login box (your own Google access token, valid for about an hour; the UI can "
+        "do what your Kubernetes RBAC allows)",
+    ]
 
 
 def _config_lines(written: list[Written]) -> list[str]:

@@ -3,16 +3,19 @@
 The graph (a step starts once what it needs is done; independent releases install at
 the same time, and one failed release does not stop the others):
 
-    Workload Identity ----------------------------------+
-    namespace metaflow -> Secret metaflow-db ------------+-> release metaflow
-    namespace metaflow -> release argo-workflows            (writes a Role into metaflow)
+    Workload Identity (services, steps) ---------------------------------+
+    namespaces metaflow, metaflow-services (Pod Security labels) -------+-> release metaflow
+    namespace metaflow-services -> Secret metaflow-services/metaflow-db -+
+    release metaflow -> old Secret metaflow/metaflow-db and KSA metaflow/metaflow removed
+    every release -> the legacy workload account retired (its bindings, then the account)
+    namespaces argo, metaflow -> release argo-workflows  (writes a Role into metaflow)
     release argo-events + namespace metaflow -> release metaflow-argo-events (needs the CRDs)
     namespace airflow -> Secrets airflow-webserver-secret, airflow-postgres --+-> release airflow
-    namespace airflow -> ServiceAccount airflow/metaflow (Airflow's step pods) -+
+    namespace airflow -> ServiceAccount airflow/mf-<stack>-steps (Airflow's step pods) +
     switched off: uninstall metaflow-argo-events -> argo-events; argo-workflows; airflow
-                  -> drop the Workload Identity binding of airflow/metaflow
+                  -> drop the Workload Identity binding of airflow/mf-<stack>-steps
 
-Airflow's step pods run as airflow/metaflow (Google access, no Kubernetes permissions), not
+Airflow's step pods run as airflow/mf-<stack>-steps (Google access, no Kubernetes permissions), not
 as the scheduler's account, which holds the chart's pod-launcher Role (pods/exec included).
 
 Re-runs do not churn: a release that is deployed with the same chart version and the
@@ -32,22 +35,28 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from metaflow_gcp import nextsteps
+from metaflow_gcp import kube_names, nextsteps
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
+from metaflow_gcp.kube_names import Accounts
 from metaflow_gcp.state import Doc, db_generation, now
 
 # Namespaces and names the charts and values files rely on (charts/README.md).
-METAFLOW_NS = nextsteps.METAFLOW_NAMESPACE
-ARGO_NS = "argo"
-ARGO_EVENTS_NS = "argo-events"
-AIRFLOW_NS = nextsteps.AIRFLOW_NAMESPACE
+METAFLOW_NS = kube_names.METAFLOW_NS
+SERVICES_NS = kube_names.SERVICES_NS
+ARGO_NS = kube_names.ARGO_NS
+ARGO_EVENTS_NS = kube_names.ARGO_EVENTS_NS
+AIRFLOW_NS = kube_names.AIRFLOW_NS
 # Names of Secrets and of their keys (S105: names, not secrets).
 DB_SECRET = "metaflow-db"  # noqa: S105 - charts/metaflow database.passwordSecret
 DB_SECRET_KEY = "password"  # noqa: S105
+# Earlier versions kept the DB Secret in METAFLOW_NS, where user steps run, and ran services
+# and steps as one KSA there; an upgrade removes both once the release has moved off them.
+LEGACY_DB_SECRET_NS = METAFLOW_NS
+LEGACY_KSA = "metaflow"
 AIRFLOW_SECRET = "airflow-webserver-secret"  # noqa: S105 - values/airflow.yaml
 AIRFLOW_SECRET_KEY = "webserver-secret-key"  # noqa: S105
 # The bundled Postgres (Bitnami subchart, postgresql.auth.existingSecret) reads the password
@@ -56,10 +65,6 @@ AIRFLOW_DB_SECRET = "airflow-postgres"  # noqa: S105 - values/airflow.yaml
 AIRFLOW_DB_PASSWORD_KEY = "postgres-password"  # noqa: S105
 AIRFLOW_DB_URL_KEY = "connection"
 AIRFLOW_DB_HOST = "airflow-postgresql.airflow"
-# Airflow's Metaflow step pods run as this account of the airflow namespace: Workload Identity,
-# no RBAC. Not the scheduler's account (values/airflow.yaml), which holds the chart's
-# pod-launcher Role, pods/exec included, and needs no Google access.
-AIRFLOW_JOBS_KSA = nextsteps.AIRFLOW_JOBS_KSA
 WI_ANNOTATION = "iam.gke.io/gcp-service-account"
 # Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
 # field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
@@ -244,7 +249,7 @@ def releases_for(
 ) -> dict[str, Release]:
     """Every release the stack can have, with this stack's values filled in."""
     n = stack.names
-    gsa = n.workload_sa
+    accounts = Accounts.of(n)
     charts, values = root / "charts", root / "values"
 
     def local(name: str, **kwargs: Any) -> Release:
@@ -269,13 +274,26 @@ def releases_for(
         local(
             "metaflow",
             set_string=(
-                (("serviceAccount", "gcpServiceAccount"), gsa),
+                (("serviceAccounts", "steps", "name"), accounts.steps),
+                (("serviceAccounts", "steps", "gcpServiceAccount"), n.steps_sa),
+                (("serviceAccounts", "services", "name"), accounts.services),
+                (("serviceAccounts", "services", "gcpServiceAccount"), n.services_sa),
                 (("database", "instanceConnectionName"), n.sql_connection_name(generation)),
                 (("datastore", "sysroot"), n.datastore_root),
             ),
-            set_bool=((("argoWorkflows", "enabled"), stack.settings.deploy_argo),),
+            set_bool=(
+                (("argoWorkflows", "enabled"), stack.settings.deploy_argo),
+                (("networkPolicy", "allowAirflow"), stack.settings.deploy_airflow),
+            ),
         ),
-        upstream("argo-workflows", ARGO_NS),
+        # The workflow-level account (Argo's agent pod) is this stack's steps account.
+        upstream(
+            "argo-workflows",
+            ARGO_NS,
+            set_string=(
+                (("controller", "workflowDefaults", "spec", "serviceAccountName"), accounts.steps),
+            ),
+        ),
         upstream("argo-events", ARGO_EVENTS_NS),
         local("metaflow-argo-events"),
         # No Google identity for the scheduler: the step pods it launches have their own.
@@ -310,28 +328,47 @@ class ServicesRun:
 
     # -- Workload Identity --------------------------------------------------------------
 
-    def wanted_ksas(self) -> list[tuple[str, str]]:
-        """Metaflow's KSA always; the Airflow step pods' KSA when Airflow is on."""
-        ksas = [(METAFLOW_NS, nextsteps.METAFLOW_KSA)]
+    @property
+    def accounts(self) -> Accounts:
+        return Accounts.of(self.stack.names)
+
+    def wanted_ksas(self) -> dict[str, list[tuple[str, str]]]:
+        """Google account -> the (namespace, KSA) pairs that act as it.
+
+        The services' KSA acts as the services' account (Cloud SQL, datastore read), the
+        steps' KSA as the steps' account (datastore read/write, the stack's user secrets).
+        """
+        n, a = self.stack.names, self.accounts
+        wanted = {
+            n.services_sa: [(SERVICES_NS, a.services)],
+            n.steps_sa: [(METAFLOW_NS, a.steps)],
+        }
         if self.stack.settings.deploy_airflow:
-            ksas.append((AIRFLOW_NS, AIRFLOW_JOBS_KSA))
-        return ksas
+            wanted[n.steps_sa].append((AIRFLOW_NS, a.steps))  # Airflow's step pods
+        return wanted
 
     def ensure_workload_identity(self, run: StepRun) -> Outcome:
-        return iam.ensure_workload_identity(
-            self.stack.gcloud, self.stack.names, self.wanted_ksas(), run
-        )
+        """Both Google accounts, each bound to its own KSAs only."""
+        outcomes = [
+            iam.ensure_workload_identity(self.stack.gcloud, self.stack.names, gsa, ksas, run)
+            for gsa, ksas in self.wanted_ksas().items()
+        ]
+        return _combined(outcomes)
+
+    def retire_legacy_account(self, run: StepRun) -> Outcome:
+        """Earlier versions' single workload account: gone once nothing runs as it."""
+        return iam.retire_legacy_account(self.stack.gcloud, self.stack.names, run)
 
     def prune_workload_identity(self, run: StepRun) -> Outcome:
         """Airflow is off: its step pods' account no longer needs to act as the workload GSA."""
         g, n = self.stack.gcloud, self.stack.names
         unwanted = {
-            b.member for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, AIRFLOW_JOBS_KSA)])
+            b.member for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, self.accounts.steps)])
         }
         changed = iam.remove_members(
             g,
-            ["iam", "service-accounts", "get-iam-policy", n.workload_sa],
-            ["iam", "service-accounts", n.workload_sa],
+            ["iam", "service-accounts", "get-iam-policy", n.steps_sa],
+            ["iam", "service-accounts", n.steps_sa],
             unwanted,
             run,
             role=iam.WORKLOAD_IDENTITY_USER,
@@ -341,14 +378,23 @@ class ServicesRun:
     # -- namespaces and Secrets ----------------------------------------------------------
 
     def ensure_namespace(self, name: str, run: StepRun) -> Outcome:
-        if self.kubectl.get("namespace", name) is not None:
+        """The namespace with its Pod Security labels: server-side applied when one is off.
+
+        Applying only our labels (as our field manager) leaves every other label alone, and
+        labels a namespace an earlier version or a Helm `--create-namespace` made.
+        """
+        wanted = kube_names.pod_security_labels(name)
+        current = self.kubectl.get("namespace", name)
+        metadata = current.get("metadata") if current else None
+        labels = metadata.get("labels") if isinstance(metadata, dict) else None
+        have = labels if isinstance(labels, dict) else {}
+        if current is not None and all(have.get(k) == v for k, v in wanted.items()):
             return Outcome.KEPT
-        run.before_change(f"create namespace {name}")
-        try:
-            self.kubectl.run("create", "namespace", name)
-        except AlreadyExists:
-            return Outcome.KEPT
-        return Outcome.CREATED
+        enforce = wanted["pod-security.kubernetes.io/enforce"]
+        verb = "label" if current is not None else "create"
+        run.before_change(f"{verb} namespace {name} (Pod Security: enforce {enforce})")
+        self.kubectl.apply_stdin(namespace_manifest(name, wanted))
+        return Outcome.UPDATED if current is not None else Outcome.CREATED
 
     def secret_annotation(self, namespace: str, name: str, key: str) -> str | None:
         """One annotation of a Secret; None when there is no such Secret.
@@ -397,10 +443,11 @@ class ServicesRun:
         return str((found or {}).get("name") or "")
 
     def ensure_db_secret(self, run: StepRun) -> Outcome:
-        """Copy the DB password from Secret Manager into Secret metaflow-db, via stdin only."""
+        """Copy the DB password from Secret Manager into Secret metaflow-services/metaflow-db,
+        via stdin only. Only the services' namespace holds it: no user step can mount it."""
         n, g = self.stack.names, self.stack.gcloud
         version = self.secret_manager_version()
-        have = self.secret_annotation(METAFLOW_NS, DB_SECRET, VERSION_ANNOTATION)
+        have = self.secret_annotation(SERVICES_NS, DB_SECRET, VERSION_ANNOTATION)
         if version and have == version:
             return Outcome.KEPT
         try:
@@ -418,13 +465,52 @@ class ServicesRun:
         self.kubectl.apply_stdin(
             secret_manifest(
                 DB_SECRET,
-                METAFLOW_NS,
+                SERVICES_NS,
                 {DB_SECRET_KEY: password},
                 annotations={VERSION_ANNOTATION: version} if version else {},
             ),
-            namespace=METAFLOW_NS,
+            namespace=SERVICES_NS,
         )
         return Outcome.UPDATED if have is not None else Outcome.CREATED
+
+    def remove_legacy_objects(self, run: StepRun) -> Outcome:
+        """After release metaflow moved: the old DB Secret and the old shared KSA go.
+
+        The Secret went with nothing (services.up wrote it, Helm never owned it). The KSA is
+        normally deleted by the Helm upgrade; if it is still there, it goes once no running
+        pod uses it (a workflow started before the upgrade), else a later run removes it.
+        """
+        removed = False
+        if self.secret_exists(LEGACY_DB_SECRET_NS, DB_SECRET):
+            run.before_change(f"delete Secret {LEGACY_DB_SECRET_NS}/{DB_SECRET}")
+            self._delete("secret", DB_SECRET, LEGACY_DB_SECRET_NS)
+            removed = True
+        if self.kubectl.get("serviceaccount", LEGACY_KSA, namespace=METAFLOW_NS) is not None:
+            users = self.pods_running_as(LEGACY_KSA, METAFLOW_NS)
+            if users:
+                run.note(
+                    f"kept ServiceAccount {METAFLOW_NS}/{LEGACY_KSA}: {len(users)} pod(s) still "
+                    f"run as it ({', '.join(users[:3])}); the next `inv services.up` removes it"
+                )
+            else:
+                run.before_change(f"delete ServiceAccount {METAFLOW_NS}/{LEGACY_KSA}")
+                self._delete("serviceaccount", LEGACY_KSA, METAFLOW_NS)
+                removed = True
+        return Outcome.DELETED if removed else Outcome.KEPT
+
+    def pods_running_as(self, account: str, namespace: str) -> list[str]:
+        """Names of the pods of `namespace` that run as `account` and have not finished."""
+        found = self.kubectl.read("get", "pods", namespace=namespace, dry={"items": []})
+        items = found.get("items") if isinstance(found, dict) else None
+        return [
+            str(pod.get("metadata", {}).get("name"))
+            for pod in items or []
+            if pod.get("spec", {}).get("serviceAccountName") == account
+            and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+
+    def _delete(self, kind: str, name: str, namespace: str) -> None:
+        self.kubectl.run("delete", kind, name, "--ignore-not-found", namespace=namespace)
 
     def ensure_airflow_secrets(self, run: StepRun) -> Outcome:
         """Airflow's two random Secrets, each made once and never replaced.
@@ -444,16 +530,16 @@ class ServicesRun:
     def ensure_airflow_jobs_account(self, run: StepRun) -> Outcome:
         """ServiceAccount airflow/metaflow for the step pods: the Workload Identity annotation
         and nothing else (no Role binds it). Applied only when missing or pointing elsewhere."""
-        gsa = self.stack.names.workload_sa
-        current = self.kubectl.get("serviceaccount", AIRFLOW_JOBS_KSA, namespace=AIRFLOW_NS)
+        gsa, name = self.stack.names.steps_sa, self.accounts.steps
+        current = self.kubectl.get("serviceaccount", name, namespace=AIRFLOW_NS)
         metadata = current.get("metadata") if current else None
         annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
         if isinstance(annotations, dict) and annotations.get(WI_ANNOTATION) == gsa:
             return Outcome.KEPT
         verb = "update" if current is not None else "create"
-        run.before_change(f"{verb} ServiceAccount {AIRFLOW_JOBS_KSA}")
+        run.before_change(f"{verb} ServiceAccount {name}")
         self.kubectl.apply_stdin(
-            service_account_manifest(AIRFLOW_JOBS_KSA, AIRFLOW_NS, {WI_ANNOTATION: gsa}),
+            service_account_manifest(name, AIRFLOW_NS, {WI_ANNOTATION: gsa}),
             namespace=AIRFLOW_NS,
         )
         return Outcome.UPDATED if current is not None else Outcome.CREATED
@@ -549,6 +635,25 @@ def secret_manifest(
     )
 
 
+def namespace_manifest(name: str, labels: dict[str, str]) -> str:
+    """A Namespace with the labels this tool owns, as JSON for `kubectl apply -f -`."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {**MANAGED_LABELS, **labels}},
+        }
+    )
+
+
+def _combined(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for a step that did several things: the strongest change wins."""
+    for outcome in (Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED):
+        if outcome in outcomes:
+            return outcome
+    return Outcome.KEPT
+
+
 def service_account_manifest(name: str, namespace: str, annotations: dict[str, str]) -> str:
     """A ServiceAccount as JSON for `kubectl apply -f -`."""
     return json.dumps(
@@ -602,7 +707,8 @@ def build_steps(
 ) -> list[Step]:
     """The steps, listed in the order a dry run prints them (each after what it needs)."""
     s = stack.settings
-    ksas = ", ".join(f"{ns}/{ksa}" for ns, ksa in run.wanted_ksas())
+    wanted = run.wanted_ksas()
+    ksas = ", ".join(f"{ns}/{ksa}" for pairs in wanted.values() for ns, ksa in pairs)
 
     def release_step(name: str, needs: tuple[str, ...]) -> Step:
         release = releases[name]
@@ -613,25 +719,42 @@ def build_steps(
             needs,
         )
 
+    def namespace_step(name: str) -> Step:
+        enforce = kube_names.POD_SECURITY[name]
+        return Step(
+            f"ns:{name}",
+            f"namespace {name} (Pod Security: enforce {enforce})",
+            lambda r: run.ensure_namespace(name, r),
+        )
+
     steps = [
         Step("wi", f"Workload Identity ({ksas})", run.ensure_workload_identity),
+        namespace_step(METAFLOW_NS),
+        namespace_step(SERVICES_NS),
         Step(
-            "ns:metaflow",
-            f"namespace {METAFLOW_NS}",
-            lambda r: run.ensure_namespace(METAFLOW_NS, r),
+            "secret:db",
+            f"Secret {SERVICES_NS}/{DB_SECRET}",
+            run.ensure_db_secret,
+            (f"ns:{SERVICES_NS}",),
         ),
+        release_step("metaflow", ("wi", f"ns:{METAFLOW_NS}", "secret:db")),
         Step(
-            "secret:db", f"Secret {METAFLOW_NS}/{DB_SECRET}", run.ensure_db_secret, ("ns:metaflow",)
+            "legacy:objects",
+            f"old Secret {LEGACY_DB_SECRET_NS}/{DB_SECRET} and ServiceAccount "
+            f"{METAFLOW_NS}/{LEGACY_KSA} (earlier versions)",
+            run.remove_legacy_objects,
+            ("release:metaflow",),
         ),
-        release_step("metaflow", ("wi", "secret:db")),
     ]
     if s.deploy_argo:
         steps += [
+            namespace_step(ARGO_NS),
+            namespace_step(ARGO_EVENTS_NS),
             # Its workflow Role and RoleBinding go into the metaflow namespace.
-            release_step("argo-workflows", ("ns:metaflow",)),
-            release_step("argo-events", ()),
+            release_step("argo-workflows", (f"ns:{ARGO_NS}", f"ns:{METAFLOW_NS}")),
+            release_step("argo-events", (f"ns:{ARGO_EVENTS_NS}",)),
             # EventBus, EventSource and friends are Argo Events CRDs, in the metaflow namespace.
-            release_step("metaflow-argo-events", ("release:argo-events", "ns:metaflow")),
+            release_step("metaflow-argo-events", ("release:argo-events", f"ns:{METAFLOW_NS}")),
         ]
     if s.deploy_airflow:
         steps += [
@@ -648,7 +771,7 @@ def build_steps(
             ),
             Step(
                 "ksa:airflow",
-                f"ServiceAccount {AIRFLOW_NS}/{AIRFLOW_JOBS_KSA} (Airflow's step pods)",
+                f"ServiceAccount {AIRFLOW_NS}/{run.accounts.steps} (Airflow's step pods)",
                 run.ensure_airflow_jobs_account,
                 ("ns:airflow",),
             ),
@@ -674,11 +797,24 @@ def build_steps(
         steps.append(
             Step(
                 "wi:prune",
-                f"Workload Identity ({AIRFLOW_NS}/{AIRFLOW_JOBS_KSA} not needed)",
+                f"Workload Identity ({AIRFLOW_NS}/{run.accounts.steps} not needed)",
                 run.prune_workload_identity,
                 needs,
             )
         )
+    # Last: every release has moved its pods to the new accounts, so nothing acts as the
+    # legacy account any more (after a failed step it waits for the next run).
+    moved = tuple(
+        step.name for step in steps if step.name.startswith(("release:", "ksa:", "remove:", "wi"))
+    )
+    steps.append(
+        Step(
+            "wi:retire",
+            f"legacy Google account {stack.names.legacy_workload_sa_id} (earlier versions)",
+            run.retire_legacy_account,
+            moved,
+        )
+    )
     return steps
 
 
@@ -746,7 +882,10 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
             _save(stack, run, report)
 
     profiles = nextsteps.metaflow_profiles(
-        stack.names, argo=stack.settings.deploy_argo, airflow=stack.settings.deploy_airflow
+        stack.names,
+        argo=stack.settings.deploy_argo,
+        airflow=stack.settings.deploy_airflow,
+        project_number=_project_number(run.doc),
     )
     if stack.dry_run:
         report.raise_for_failure()
@@ -824,6 +963,12 @@ def _check_context(stack: Stack) -> None:
             f"the credentials) or `gcloud container clusters get-credentials {n.cluster} "
             f"--location={n.zone} --project={n.project}`"
         )
+
+
+def _project_number(doc: Doc) -> str:
+    """What infra.up recorded (the @secrets prefix names the project by number)."""
+    infra = doc.get("infra")
+    return str(infra.get("project_number") or "") if isinstance(infra, dict) else ""
 
 
 def _check_infra(stack: Stack, doc: Doc) -> None:

@@ -31,30 +31,37 @@ SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
 NAMES: Names = validate(SETTINGS).names()
 ROOT_GS = "gs://acme-acme-ml-prod-mf-dev/metaflow"
 
+PROJECT_NUMBER = "123456789012"
 BASE = {
     "METAFLOW_DEFAULT_DATASTORE": "gs",
     "METAFLOW_DATASTORE_SYSROOT_GS": ROOT_GS,
     "METAFLOW_DEFAULT_METADATA": "service",
-    "METAFLOW_SERVICE_URL": "http://127.0.0.1:8080/",
-    "METAFLOW_SERVICE_INTERNAL_URL": "http://metadata-service.metaflow.svc.cluster.local:8080/",
+    "METAFLOW_SERVICE_URL": "http://localhost:8080/",
+    # The metadata service lives apart from user code, in metaflow-services.
+    "METAFLOW_SERVICE_INTERNAL_URL": (
+        "http://metadata-service.metaflow-services.svc.cluster.local:8080/"
+    ),
     "METAFLOW_UI_URL": "http://localhost:3000",
+    # @secrets: names under the stack's user prefix, the only ones the steps' account may read.
+    "METAFLOW_DEFAULT_SECRETS_BACKEND_TYPE": "gcp-secret-manager",
+    "METAFLOW_GCP_SECRET_MANAGER_PREFIX": f"projects/{PROJECT_NUMBER}/secrets/mf-dev-user-",
 }
 METAFLOW_JOBS = {
     "METAFLOW_KUBERNETES_NAMESPACE": "metaflow",
-    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "metaflow",
+    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "mf-dev-steps",
 }
-# Airflow's step pods run in Airflow's namespace as its `metaflow` account (Workload Identity,
-# no RBAC), never as the scheduler's account with its pod-launcher Role.
+# Airflow's step pods run in Airflow's namespace as the stack's steps account (Workload
+# Identity, no RBAC), never as the scheduler's account with its pod-launcher Role.
 AIRFLOW_JOBS = {
     "METAFLOW_KUBERNETES_NAMESPACE": "airflow",
-    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "metaflow",
+    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "mf-dev-steps",
 }
 ARGO = {
     "METAFLOW_ARGO_EVENTS_EVENT_BUS": "default",
     "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": "argo-events-webhook",
     "METAFLOW_ARGO_EVENTS_EVENT": "metaflow-event",
     "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": "operate-workflow-sa",
-    "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": "http://127.0.0.1:12000/metaflow-event",
+    "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": "http://localhost:12000/metaflow-event",
     "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": (
         "http://argo-events-webhook-eventsource-svc.metaflow.svc.cluster.local:12000/metaflow-event"
     ),
@@ -70,7 +77,10 @@ def _no_profile_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def configs(argo: bool, airflow: bool) -> dict[str, dict[str, str]]:
     return {
-        p.name: p.config for p in nextsteps.metaflow_profiles(NAMES, argo=argo, airflow=airflow)
+        p.name: p.config
+        for p in nextsteps.metaflow_profiles(
+            NAMES, argo=argo, airflow=airflow, project_number=PROJECT_NUMBER
+        )
     }
 
 
@@ -107,6 +117,21 @@ def test_neither_still_configures_kubernetes_jobs_in_metaflow() -> None:
     assert configs(argo=False, airflow=False) == {"": {**BASE, **METAFLOW_JOBS}}
 
 
+def test_without_a_recorded_project_number_the_secrets_keys_are_left_out() -> None:
+    """A state file from before infra.up recorded the number: no guessed prefix."""
+    (profile,) = nextsteps.metaflow_profiles(NAMES, argo=False, airflow=False)
+    assert "METAFLOW_GCP_SECRET_MANAGER_PREFIX" not in profile.config
+    assert "METAFLOW_DEFAULT_SECRETS_BACKEND_TYPE" not in profile.config
+
+
+def test_the_secrets_prefix_joins_a_secret_name_the_way_metaflow_does() -> None:
+    """Metaflow builds "%s%s" % (prefix, name) and appends /versions/latest."""
+    prefix = BASE["METAFLOW_GCP_SECRET_MANAGER_PREFIX"]
+    full = f"{prefix}db-token/versions/latest"
+    assert re.fullmatch(r"projects/\d+/secrets/([\w\-]+)(/versions/([\w\-]+))?", full)
+    assert full.split("/")[3].startswith(NAMES.user_secret_prefix)
+
+
 def test_the_internal_urls_name_the_services_the_charts_create() -> None:
     root = Path(__file__).resolve().parents[2]
     service = (root / "charts" / "metaflow" / "templates" / "metadata-service.yaml").read_text()
@@ -127,9 +152,7 @@ def test_every_key_is_one_the_installed_metaflow_reads() -> None:
     assert spec is not None and spec.submodule_search_locations
     source = (Path(spec.submodule_search_locations[0]) / "metaflow_config.py").read_text()
     known = set(re.findall(r'from_conf\(\s*"([A-Z0-9_]+)"', source))
-    keys = {
-        k for p in nextsteps.metaflow_profiles(NAMES, argo=True, airflow=True) for k in p.config
-    }
+    keys = {k for config in configs(argo=True, airflow=True).values() for k in config}
     assert {k.removeprefix("METAFLOW_") for k in keys} <= known
 
 
@@ -161,7 +184,8 @@ names = ["DEFAULT_DATASTORE", "DATASTORE_SYSROOT_GS", "DEFAULT_METADATA", "SERVI
          "ARGO_EVENTS_EVENT_BUS", "ARGO_EVENTS_EVENT_SOURCE", "ARGO_EVENTS_EVENT",
          "ARGO_EVENTS_SERVICE_ACCOUNT", "ARGO_EVENTS_WEBHOOK_URL",
          "ARGO_EVENTS_INTERNAL_WEBHOOK_URL", "ARGO_EVENTS_WEBHOOK_AUTH",
-         "ARGO_WORKFLOWS_UI_URL", "UI_URL", "CARD_GSROOT"]
+         "ARGO_WORKFLOWS_UI_URL", "UI_URL", "CARD_GSROOT", "DEFAULT_SECRETS_BACKEND_TYPE",
+         "GCP_SECRET_MANAGER_PREFIX"]
 seen = {n: getattr(c, n) for n in names}
 seen["ArgoEvent.url"] = ArgoEvent("my-event")._url
 print(json.dumps(seen))
@@ -181,7 +205,9 @@ print(json.dumps(seen))
 
 def test_metaflow_loads_the_default_profile_with_our_values(tmp_path: Path) -> None:
     home = tmp_path / "metaflowconfig"
-    profiles = nextsteps.metaflow_profiles(NAMES, argo=True, airflow=True)
+    profiles = nextsteps.metaflow_profiles(
+        NAMES, argo=True, airflow=True, project_number=PROJECT_NUMBER
+    )
     nextsteps.write_profiles(profiles, stack="dev", home=home)
 
     seen = metaflow_sees(home)
@@ -190,21 +216,23 @@ def test_metaflow_loads_the_default_profile_with_our_values(tmp_path: Path) -> N
         "DEFAULT_DATASTORE": "gs",
         "DATASTORE_SYSROOT_GS": ROOT_GS,
         "DEFAULT_METADATA": "service",
-        "SERVICE_URL": "http://127.0.0.1:8080/",
-        "SERVICE_INTERNAL_URL": "http://metadata-service.metaflow.svc.cluster.local:8080/",
+        "SERVICE_URL": "http://localhost:8080/",
+        "SERVICE_INTERNAL_URL": BASE["METAFLOW_SERVICE_INTERNAL_URL"],
         "KUBERNETES_NAMESPACE": "metaflow",
-        "KUBERNETES_SERVICE_ACCOUNT": "metaflow",
+        "KUBERNETES_SERVICE_ACCOUNT": "mf-dev-steps",
         "ARGO_EVENTS_EVENT_BUS": "default",
         "ARGO_EVENTS_EVENT_SOURCE": "argo-events-webhook",
         "ARGO_EVENTS_EVENT": "metaflow-event",
         "ARGO_EVENTS_SERVICE_ACCOUNT": "operate-workflow-sa",
-        "ARGO_EVENTS_WEBHOOK_URL": "http://127.0.0.1:12000/metaflow-event",
+        "ARGO_EVENTS_WEBHOOK_URL": "http://localhost:12000/metaflow-event",
         "ARGO_EVENTS_INTERNAL_WEBHOOK_URL": ARGO["METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL"],
         "ARGO_EVENTS_WEBHOOK_AUTH": "none",
         "ARGO_WORKFLOWS_UI_URL": "http://localhost:2746",
         "UI_URL": "http://localhost:3000",
         "CARD_GSROOT": f"{ROOT_GS}/mf.cards",  # derived by Metaflow from our sysroot
-        "ArgoEvent.url": "http://127.0.0.1:12000/metaflow-event",
+        "ArgoEvent.url": "http://localhost:12000/metaflow-event",
+        "DEFAULT_SECRETS_BACKEND_TYPE": "gcp-secret-manager",
+        "GCP_SECRET_MANAGER_PREFIX": f"projects/{PROJECT_NUMBER}/secrets/mf-dev-user-",
     }
 
 
@@ -216,7 +244,7 @@ def test_metaflow_loads_the_airflow_profile_with_airflows_namespace(tmp_path: Pa
     seen = metaflow_sees(home, profile="airflow")
 
     assert seen["KUBERNETES_NAMESPACE"] == "airflow"
-    assert seen["KUBERNETES_SERVICE_ACCOUNT"] == "metaflow"  # not airflow-scheduler
+    assert seen["KUBERNETES_SERVICE_ACCOUNT"] == "mf-dev-steps"  # not airflow-scheduler
     assert seen["DATASTORE_SYSROOT_GS"] == ROOT_GS and seen["DEFAULT_METADATA"] == "service"
     assert seen["SERVICE_INTERNAL_URL"] == BASE["METAFLOW_SERVICE_INTERNAL_URL"]
     assert seen["ARGO_EVENTS_EVENT_SOURCE"] is None  # no Argo keys in Airflow's profile
@@ -351,6 +379,18 @@ def test_the_summary_walks_a_data_scientist_through_setup(tmp_path: Path) -> Non
     ):
         assert expected in text, expected
     assert "--password" not in text  # no advice puts a password on a command line
+
+
+def test_the_summary_says_how_to_log_into_the_argo_ui_without_printing_a_token(
+    tmp_path: Path,
+) -> None:
+    """argo-server asks for a bearer token (client mode); on GKE the user's own Google access
+    token is one. The summary shows the command that prints it, never a token."""
+    text = summary(tmp_path, argo=True, airflow=False)
+    assert 'echo "Bearer $(gcloud auth print-access-token)"' in text
+    assert "login box" in text
+    assert not re.search(r"ya29\.|Bearer [A-Za-z0-9]", text)
+    assert "print-access-token" not in summary(tmp_path / "2", argo=False, airflow=True)
 
 
 def test_the_summary_leaves_out_what_is_not_installed(tmp_path: Path) -> None:

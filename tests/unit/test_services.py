@@ -33,7 +33,11 @@ from metaflow_gcp.state import Snapshot
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
 CONTEXT = "gke_acme-ml-prod_us-west2-a_mf-dev"
-GSA = "mf-dev-workload@acme-ml-prod.iam.gserviceaccount.com"
+STEPS_GSA = "mf-dev-steps@acme-ml-prod.iam.gserviceaccount.com"
+SERVICES_GSA = "mf-dev-services@acme-ml-prod.iam.gserviceaccount.com"
+LEGACY_GSA = "mf-dev-workload@acme-ml-prod.iam.gserviceaccount.com"
+STEPS_KSA = "mf-dev-steps"
+SERVICES_KSA = "mf-dev-services"
 POOL = "acme-ml-prod.svc.id.goog"
 PASSWORD = "Zq7-db-pa55word-nobody-guesses"
 SECRET_V3 = "projects/123456/secrets/mf-dev-db-password/versions/3"
@@ -130,11 +134,17 @@ class FakeCluster:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.namespaces = {"default", "kube-system"}
+        # namespace -> its labels
+        self.namespaces: dict[str, dict[str, str]] = {"default": {}, "kube-system": {}}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
         self.releases: dict[tuple[str, str], HelmRelease] = {}
-        self.policy: dict[str, Any] = {"etag": "BwYA", "bindings": []}
+        # Google service accounts -> their IAM policy; the project's own policy.
+        self.google_accounts: dict[str, dict[str, Any]] = {
+            email: {"etag": "BwYA", "bindings": []} for email in (STEPS_GSA, SERVICES_GSA)
+        }
+        self.project_policy: dict[str, Any] = {"etag": "BwYA", "bindings": []}
         self.secret_version = SECRET_V3
         self.fail: set[str] = set()  # releases whose install fails
         self.mutations: list[list[str]] = []
@@ -156,11 +166,16 @@ class FakeCluster:
 
     def stdin(self, text: str) -> None:
         manifest = json.loads(text)
-        stores = {"Secret": self.secrets, "ServiceAccount": self.service_accounts}
-        assert manifest["kind"] in stores, f"unexpected manifest on stdin: {manifest['kind']}"
         with self.lock:
-            key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-            stores[manifest["kind"]][key] = manifest
+            metadata = manifest["metadata"]
+            if manifest["kind"] == "Namespace":  # server-side apply: our labels merge in
+                self.namespaces.setdefault(metadata["name"], {}).update(metadata["labels"])
+                return
+            stores = {"Secret": self.secrets, "ServiceAccount": self.service_accounts}
+            assert manifest["kind"] in stores, f"unexpected manifest on stdin: {manifest['kind']}"
+            if metadata["namespace"] not in self.namespaces:
+                self.problems.append(f"{manifest['kind']} applied before its namespace: {metadata}")
+            stores[manifest["kind"]][(metadata["namespace"], metadata["name"])] = manifest
 
     # -- the commands --------------------------------------------------------------------
 
@@ -174,16 +189,36 @@ class FakeCluster:
             self.problems.append(f"no stack context: {argv}")
         return self.kubectl(argv) if program == "kubectl" else self.helm(argv)
 
-    def gcloud(self, argv: list[str]) -> tuple[int, str, str]:
+    def gcloud(self, argv: list[str]) -> tuple[int, str, str]:  # noqa: PLR0911 - a branch per command
         words = [a for a in argv[1:] if not a.startswith("--")]
         if "--project=acme-ml-prod" not in argv:
             self.problems.append(f"gcloud without the project: {argv}")
-        if words[:3] == ["iam", "service-accounts", "get-iam-policy"]:
-            return 0, json.dumps(self.policy), ""
-        if words[:3] == ["iam", "service-accounts", "set-iam-policy"]:
+        missing = f"ERROR: (gcloud.iam) NOT_FOUND: Unknown service account {words[3:4]}"
+        if words[:2] == ["iam", "service-accounts"] and words[2] in (
+            "get-iam-policy",
+            "set-iam-policy",
+            "describe",
+            "delete",
+        ):
+            if words[3] not in self.google_accounts:
+                return 1, "", missing
+            if words[2] == "describe":
+                return 0, json.dumps({"email": words[3]}), ""
+            if words[2] == "delete":
+                self.mutations.append(argv)
+                del self.google_accounts[words[3]]
+                return 0, "", f"deleted service account [{words[3]}]"
+            if words[2] == "set-iam-policy":
+                self.mutations.append(argv)
+                policy = {**json.loads(Path(words[4]).read_text()), "etag": "BwYB"}
+                self.google_accounts[words[3]] = policy
+            return 0, json.dumps(self.google_accounts[words[3]]), ""
+        if words[:2] == ["projects", "get-iam-policy"]:
+            return 0, json.dumps(self.project_policy), ""
+        if words[:2] == ["projects", "set-iam-policy"]:
             self.mutations.append(argv)
-            self.policy = {**json.loads(Path(words[4]).read_text()), "etag": "BwYB"}
-            return 0, json.dumps(self.policy), ""
+            self.project_policy = {**json.loads(Path(words[3]).read_text()), "etag": "BwYB"}
+            return 0, json.dumps(self.project_policy), ""
         if words[:3] == ["secrets", "versions", "describe"]:
             return 0, json.dumps({"name": self.secret_version, "state": "ENABLED"}), ""
         if words[:3] == ["secrets", "versions", "access"]:
@@ -197,11 +232,18 @@ class FakeCluster:
         if words[:2] == ["get", "namespace"]:
             if words[2] not in self.namespaces:
                 return 1, "", f'Error from server (NotFound): namespaces "{words[2]}" not found'
-            return 0, json.dumps({"kind": "Namespace", "metadata": {"name": words[2]}}), ""
-        if words[:2] == ["create", "namespace"]:
+            metadata = {"name": words[2], "labels": self.namespaces[words[2]]}
+            return 0, json.dumps({"kind": "Namespace", "metadata": metadata}), ""
+        if words[:2] == ["get", "pods"]:
+            found = [p for p in self.pods if p["metadata"]["namespace"] == ns]
+            return 0, json.dumps({"kind": "List", "items": found}), ""
+        if words[:1] == ["delete"] and words[1] in ("secret", "serviceaccount"):
             self.mutations.append(argv)
-            self.namespaces.add(words[2])
-            return 0, f"namespace/{words[2]} created", ""
+            if "--ignore-not-found" not in argv:
+                self.problems.append(f"a delete that fails when already gone: {argv}")
+            store = self.secrets if words[1] == "secret" else self.service_accounts
+            store.pop((ns or "default", words[2]), None)
+            return 0, f"{words[1]} {words[2]} deleted", ""
         if words[:2] == ["get", "secret"]:
             wanted = argv[argv.index("-o") + 1] if "-o" in argv else "yaml"
             if not wanted.startswith("jsonpath={.metadata."):
@@ -261,7 +303,8 @@ class FakeCluster:
             if ns not in self.namespaces:
                 if "--create-namespace" not in argv:
                     return 1, "", f'Error: create: namespaces "{ns}" not found'
-                self.namespaces.add(ns)
+                self.problems.append(f"helm had to create namespace {ns} (no Pod Security labels)")
+                self.namespaces[ns] = {}
             old = self.releases.get((ns, name))
             if name in self.fail:
                 self.releases[(ns, name)] = HelmRelease(name, ns, label, {}, status="failed")
@@ -287,12 +330,35 @@ class FakeCluster:
     def release_names(self) -> set[str]:
         return {name for _, name in self.releases}
 
-    def wi_members(self) -> set[str]:
+    def wi_members(self, email: str) -> set[str]:
         return {
             member
-            for binding in self.policy["bindings"]
+            for binding in self.google_accounts[email]["bindings"]
             if binding["role"] == "roles/iam.workloadIdentityUser"
             for member in binding["members"]
+        }
+
+    def upgraded_from_the_single_account_shape(self) -> None:
+        """What today's version leaves: one Google account and KSA, the DB Secret by the steps."""
+        self.google_accounts[LEGACY_GSA] = {
+            "etag": "BwYA",
+            "bindings": [
+                {
+                    "role": "roles/iam.workloadIdentityUser",
+                    "members": [f"serviceAccount:{POOL}[metaflow/metaflow]"],
+                }
+            ],
+        }
+        self.project_policy["bindings"] = [
+            {"role": "roles/cloudsql.client", "members": [f"serviceAccount:{LEGACY_GSA}"]},
+            {"role": "roles/logging.logWriter", "members": ["serviceAccount:nodes@x"]},
+        ]
+        self.namespaces["metaflow"] = {"kubernetes.io/metadata.name": "metaflow"}
+        self.secrets[("metaflow", "metaflow-db")] = {
+            "metadata": {"name": "metaflow-db", "namespace": "metaflow", "annotations": {}}
+        }
+        self.service_accounts[("metaflow", "metaflow")] = {
+            "metadata": {"name": "metaflow", "namespace": "metaflow"}
         }
 
 
@@ -317,6 +383,13 @@ class Run:
             if all(n in argv for n in needle):
                 return i
         raise AssertionError(f"no command with {needle}: {self.argvs()}")
+
+    def applied(self, kind: str, name: str) -> int:
+        """Position of the `kubectl apply -f -` that handed over this object on stdin."""
+        for i, (_, stdin) in enumerate(self.calls):
+            if stdin and (m := json.loads(stdin))["kind"] == kind and m["metadata"]["name"] == name:
+                return i
+        raise AssertionError(f"{kind}/{name} was never applied")
 
     def mutating(self) -> list[str]:
         return [r.command for r in self.stack.runner.history if r.mutating]
@@ -361,7 +434,11 @@ def state() -> FakeState:
     return FakeState(
         {
             "db_generation": 2,
-            "infra": {"converged": "f00d", "sql_user_ready": "mf-dev-pg-2"},
+            "infra": {
+                "converged": "f00d",
+                "sql_user_ready": "mf-dev-pg-2",
+                "project_number": "123456",
+            },
             "lock": None,
         }
     )
@@ -420,23 +497,28 @@ def test_a_first_run_binds_identity_then_secret_then_metaflow_then_argo_then_eve
 ) -> None:
     run = up(argo=True, airflow=False)
 
-    wi = run.index("set-iam-policy")
-    namespace = run.index("create", "namespace", "metaflow")
-    secret = run.index("apply", "--server-side", "-f", "-")
+    wi = max(run.index("set-iam-policy", SERVICES_GSA), run.index("set-iam-policy", STEPS_GSA))
+    steps_ns = run.applied("Namespace", "metaflow")
+    services_ns = run.applied("Namespace", "metaflow-services")
+    secret = run.applied("Secret", "metaflow-db")
     metaflow = run.index("upgrade", "--install", "metaflow")
     workflows = run.index("upgrade", "--install", "argo-workflows")
     events = run.index("upgrade", "--install", "argo-events")
     objects = run.index("upgrade", "--install", "metaflow-argo-events")
-    assert wi < metaflow and namespace < secret < metaflow
-    assert namespace < workflows  # its workflow Role goes into the metaflow namespace
-    assert events < objects and namespace < objects  # the CRDs come with argo-events
+    assert wi < metaflow and services_ns < secret < metaflow and steps_ns < metaflow
+    assert steps_ns < workflows and run.applied("Namespace", "argo") < workflows
+    assert events < objects and steps_ns < objects  # the CRDs come with argo-events
+    assert run.applied("Namespace", "argo-events") < events
     assert cluster.release_names() == {
         "metaflow",
         "argo-workflows",
         "argo-events",
         "metaflow-argo-events",
     }
-    assert cluster.wi_members() == {f"serviceAccount:{POOL}[metaflow/metaflow]"}
+    assert cluster.wi_members(STEPS_GSA) == {f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]"}
+    assert cluster.wi_members(SERVICES_GSA) == {
+        f"serviceAccount:{POOL}[metaflow-services/{SERVICES_KSA}]"
+    }
     assert state.doc["lock"] is None
     assert state.doc["services"]["argo"] is True and state.doc["services"]["airflow"] is False
     assert state.doc["services"]["ok"] is True
@@ -477,15 +559,22 @@ def test_the_metaflow_release_gets_the_stack_values_and_the_sql_generation_from_
     run = up(argo=True)
 
     argv = helm_upgrade(run, "metaflow")
-    assert argv[argv.index("--set-string") :][:6] == [
+    assert argv[argv.index("--set-string") :][:12] == [
         "--set-string",
-        f"serviceAccount.gcpServiceAccount={GSA}",
+        f"serviceAccounts.steps.name={STEPS_KSA}",
+        "--set-string",
+        f"serviceAccounts.steps.gcpServiceAccount={STEPS_GSA}",
+        "--set-string",
+        f"serviceAccounts.services.name={SERVICES_KSA}",
+        "--set-string",
+        f"serviceAccounts.services.gcpServiceAccount={SERVICES_GSA}",
         "--set-string",
         "database.instanceConnectionName=acme-ml-prod:us-west2:mf-dev-pg-2",
         "--set-string",
         "datastore.sysroot=gs://acme-acme-ml-prod-mf-dev/metaflow",
     ]
-    assert argv[argv.index("--set") + 1] == "argoWorkflows.enabled=true"
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert sets == ["argoWorkflows.enabled=true", "networkPolicy.allowAirflow=false"]
     assert flag(argv, "--namespace") == "metaflow" and "--create-namespace" in argv
     assert flag(argv, "--timeout") == "10m"
 
@@ -502,7 +591,7 @@ def test_the_db_password_travels_only_on_stdin_of_kubectl_apply(
         [
             "kubectl",
             f"--context={CONTEXT}",
-            "--namespace=metaflow",
+            "--namespace=metaflow-services",
             "apply",
             "--server-side",
             "--field-manager=metaflow-gcp",
@@ -516,7 +605,8 @@ def test_the_db_password_travels_only_on_stdin_of_kubectl_apply(
         assert stdin is None or PASSWORD not in stdin  # base64 in a Secret, never raw
     assert PASSWORD not in run.output and encoded not in run.output
     assert PASSWORD not in caplog.text and encoded not in caplog.text
-    secret = cluster.secrets[("metaflow", "metaflow-db")]
+    assert ("metaflow", "metaflow-db") not in cluster.secrets  # never where user steps run
+    secret = cluster.secrets[("metaflow-services", "metaflow-db")]
     assert base64.b64decode(secret["data"]["password"]).decode() == PASSWORD
     assert secret["metadata"]["annotations"] == {"metaflow-gcp/secret-version": SECRET_V3}
 
@@ -545,7 +635,7 @@ def test_a_new_password_version_rewrites_only_the_secret(cluster: FakeCluster, u
     again = up(argo=True)
 
     assert [m.split(" ")[3] for m in again.mutating()] == ["apply"]
-    annotations = cluster.secrets[("metaflow", "metaflow-db")]["metadata"]["annotations"]
+    annotations = cluster.secrets[("metaflow-services", "metaflow-db")]["metadata"]["annotations"]
     assert annotations == {"metaflow-gcp/secret-version": cluster.secret_version}
 
 
@@ -689,10 +779,11 @@ def test_no_argo_with_airflow_installs_metaflow_and_airflow_only(
     assert "argoWorkflows.enabled=false" in helm_upgrade(run, "metaflow")
     airflow = helm_upgrade(run, "airflow")
     assert flag(airflow, "--namespace") == "airflow" and flag(airflow, "--timeout") == "15m"
-    assert cluster.wi_members() == {
-        f"serviceAccount:{POOL}[metaflow/metaflow]",
-        f"serviceAccount:{POOL}[airflow/metaflow]",
+    assert cluster.wi_members(STEPS_GSA) == {
+        f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]",
+        f"serviceAccount:{POOL}[airflow/{STEPS_KSA}]",
     }
+    assert "networkPolicy.allowAirflow=true" in helm_upgrade(run, "metaflow")
     secret = cluster.secrets[("airflow", "airflow-webserver-secret")]
     key = base64.b64decode(secret["data"]["webserver-secret-key"]).decode()
     assert re.fullmatch(r"[0-9a-f]{64}", key)
@@ -700,13 +791,12 @@ def test_no_argo_with_airflow_installs_metaflow_and_airflow_only(
     password = base64.b64decode(database["postgres-password"]).decode()
     assert re.fullmatch(r"[0-9a-f]{48}", password) and password != key
     assert base64.b64decode(database["connection"]).decode() == (
-        f"postgresql://postgres:{password}@airflow-postgresql.airflow:5432/postgres"
-        "?sslmode=disable"
+        f"postgresql://postgres:{password}@airflow-postgresql.airflow:5432/postgres?sslmode=disable"
     )
     for value in (key, password):
         assert not any(value in a for argv in run.argvs() for a in argv)
         assert value not in run.output
-    assert run.index("create", "namespace", "airflow") < run.index("create", "-f", "-")
+    assert run.applied("Namespace", "airflow") < run.index("create", "-f", "-")
     assert run.index("create", "-f", "-") < run.index("upgrade", "--install", "airflow")
     assert not any("argo" in argv[4] for argv in run.argvs() if "--install" in argv)
 
@@ -715,18 +805,20 @@ def test_airflow_step_pods_get_their_own_account_with_google_access_and_no_rbac(
     cluster: FakeCluster, up: Up
 ) -> None:
     """Step pods used to run as airflow-scheduler, whose pod-launcher Role (pods/exec among it)
-    would let flow code exec into the scheduler. Now they run as airflow/metaflow: the Workload
-    Identity annotation and binding, no Role, and the scheduler has no Google identity."""
+    would let flow code exec into the scheduler. Now they run as the stack's steps account in
+    airflow: the Workload Identity annotation and binding, no Role, and the scheduler has no
+    Google identity."""
     run = up(argo=False, airflow=True)
 
-    account = cluster.service_accounts[("airflow", "metaflow")]
-    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": GSA}
+    account = cluster.service_accounts[("airflow", STEPS_KSA)]
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": STEPS_GSA}
     assert set(account) == {"apiVersion", "kind", "metadata"}
-    assert f"serviceAccount:{POOL}[airflow/metaflow]" in cluster.wi_members()
-    assert f"serviceAccount:{POOL}[airflow/airflow-scheduler]" not in cluster.wi_members()
+    assert f"serviceAccount:{POOL}[airflow/{STEPS_KSA}]" in cluster.wi_members(STEPS_GSA)
+    members = cluster.wi_members(STEPS_GSA) | cluster.wi_members(SERVICES_GSA)
+    assert f"serviceAccount:{POOL}[airflow/airflow-scheduler]" not in members
     applied = [json.loads(stdin)["kind"] for _, stdin in run.calls if stdin]
     assert "ServiceAccount" in applied
-    assert set(applied) <= {"Secret", "ServiceAccount"}  # no Role, no RoleBinding
+    assert set(applied) <= {"Namespace", "Secret", "ServiceAccount"}  # no Role, no RoleBinding
     # Applied on stdin, server-side, after its namespace and before the release that uses it.
     sa_apply = next(
         i
@@ -734,7 +826,7 @@ def test_airflow_step_pods_get_their_own_account_with_google_access_and_no_rbac(
         if stdin and json.loads(stdin)["kind"] == "ServiceAccount"
     )
     assert run.argvs()[sa_apply][2:5] == ["--namespace=airflow", "apply", "--server-side"]
-    assert run.index("create", "namespace", "airflow") < sa_apply
+    assert run.applied("Namespace", "airflow") < sa_apply
     assert sa_apply < run.index("upgrade", "--install", "airflow")
     airflow = helm_upgrade(run, "airflow")
     assert "--set-string" not in airflow and "--set" not in airflow
@@ -742,20 +834,20 @@ def test_airflow_step_pods_get_their_own_account_with_google_access_and_no_rbac(
     assert "annotations" not in values["scheduler"]["serviceAccount"]
     config = json.loads((services.nextsteps.config_home() / "config.json").read_text())
     assert config["METAFLOW_KUBERNETES_NAMESPACE"] == "airflow"
-    assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] == "metaflow"
+    assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] == STEPS_KSA
 
 
 def test_an_airflow_step_account_without_the_right_annotation_is_corrected(
     cluster: FakeCluster, up: Up
 ) -> None:
     up(argo=False, airflow=True)
-    cluster.service_accounts[("airflow", "metaflow")]["metadata"]["annotations"] = {}
+    cluster.service_accounts[("airflow", STEPS_KSA)]["metadata"]["annotations"] = {}
 
     again = up(argo=False, airflow=True)
 
     assert [m.split(" ")[3] for m in again.mutating()] == ["apply"]
-    account = cluster.service_accounts[("airflow", "metaflow")]
-    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": GSA}
+    account = cluster.service_accounts[("airflow", STEPS_KSA)]
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": STEPS_GSA}
 
 
 def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up) -> None:
@@ -763,7 +855,7 @@ def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up
 
     assert "airflow" not in cluster.release_names()
     assert "airflow" not in cluster.namespaces
-    assert f"serviceAccount:{POOL}[airflow/airflow-scheduler]" not in cluster.wi_members()
+    assert not any("airflow" in m for m in cluster.wi_members(STEPS_GSA))
     assert not any(a.startswith("--namespace=airflow") for argv in run.argvs() for a in argv)
 
 
@@ -824,9 +916,13 @@ def test_switching_airflow_off_asks_then_uninstalls_only_airflow(
         "argo-events",
         "metaflow-argo-events",
     }
-    assert cluster.wi_members() == {f"serviceAccount:{POOL}[metaflow/metaflow]"}
-    assert not any("upgrade" in m for m in cluster.mutations)  # the rest is already right
-    assert run.index("uninstall", "airflow") < run.index("set-iam-policy")
+    assert cluster.wi_members(STEPS_GSA) == {f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]"}
+    # Only metaflow changes: its policy no longer lets the airflow namespace in.
+    assert [m[4] for m in cluster.mutations if "upgrade" in m] == ["metaflow"]
+    assert cluster.releases[("metaflow", "metaflow")].values["networkPolicy"] == {
+        "allowAirflow": False
+    }
+    assert run.index("uninstall", "airflow") < run.index("set-iam-policy", STEPS_GSA)
 
 
 def test_switching_argo_off_removes_the_event_objects_before_argo_events(
@@ -914,14 +1010,18 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
     assert len(fp.calls) == 0
     lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("$")]
     order = [
-        "gcloud iam service-accounts set-iam-policy",
-        "kubectl --context=gke_acme-ml-prod_us-west2-a_mf-dev create namespace metaflow",
+        f"gcloud iam service-accounts set-iam-policy {SERVICES_GSA}",
+        f"gcloud iam service-accounts set-iam-policy {STEPS_GSA}",
+        "kubectl --context=gke_acme-ml-prod_us-west2-a_mf-dev apply --server-side",
         "gcloud secrets versions access latest",
-        "--namespace=metaflow apply --server-side",
+        "--namespace=metaflow-services apply --server-side",
         "upgrade --install metaflow ",
+        "--namespace=metaflow get secret metaflow-db",
+        "--namespace=metaflow get serviceaccount metaflow",
         "upgrade --install argo-workflows ",
         "upgrade --install argo-events ",
         "upgrade --install metaflow-argo-events ",
+        f"gcloud iam service-accounts describe {LEGACY_GSA}",
     ]
     positions = [next(i for i, line in enumerate(lines) if part in line) for part in order]
     assert positions == sorted(positions)
@@ -946,7 +1046,7 @@ def test_dry_run_with_airflow_prints_the_step_account_before_the_airflow_release
     assert len(fp.calls) == 0
     lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("$")]
     order = [
-        "create namespace airflow",
+        "get namespace airflow",
         "--namespace=airflow apply --server-side",
         "upgrade --install airflow ",
     ]
