@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
+from metaflow_gcp import kube_names as k
 from metaflow_gcp.errors import StackError
 from metaflow_gcp.kube import Kubectl
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metaflow_gcp.portforward")
 
+# kubectl binds `localhost` on both 127.0.0.1 and ::1, so the printed http://localhost URLs
+# work whichever address a browser tries first. The free-port check probes the IPv4 one.
+LISTEN = k.LOCAL_HOST
 HOST = "127.0.0.1"
 READY_MARK = "Forwarding from"  # what kubectl prints once it listens
 _NOISE = "Handling connection for"  # one line per connection: drained, never kept
@@ -44,40 +48,77 @@ class Forward:
     local_port: int
     remote_port: int
     url: str
+    hint: str = ""  # one line printed under the URL table (how to log in)
 
     @property
     def ports(self) -> str:
         return f"{self.local_port}:{self.remote_port}"
 
 
+# What `inv port-forward` says about the Argo UI, which asks for a token (client auth mode).
+ARGO_LOGIN = (
+    "Argo Workflows UI: log in with the token that "
+    'echo "Bearer $(gcloud auth print-access-token)" prints (your own Google access token, '
+    "valid for about an hour)"
+)
+
+
 def _forward(
-    name: str, namespace: str, service: str, local: int, remote: int, *, path: str = ""
+    name: str,
+    local: str,
+    namespace: str,
+    service: str,
+    remote: int,
+    *,
+    path: str = "",
+    hint: str = "",
 ) -> Forward:
-    return Forward(name, namespace, f"svc/{service}", local, remote, f"http://{HOST}:{local}{path}")
+    """A forward of Service `service` to the local port kube_names gives `local`."""
+    port = k.LOCAL_PORTS[local]
+    return Forward(name, namespace, f"svc/{service}", port, remote, k.local_url(local, path), hint)
 
 
 def forwards_for(deploy_argo: bool, deploy_airflow: bool) -> list[Forward]:
     """The forwards for what the stack deploys. Always plain http: nothing here serves TLS."""
+    services = k.SERVICES_NS
     forwards = [
-        _forward("Metaflow metadata service", "metaflow", "metadata-service", 8080, 8080),
-        _forward("Metaflow UI backend", "metaflow", "metaflow-ui-backend", 8083, 8083),
-        _forward("Metaflow UI", "metaflow", "metaflow-ui", 3000, 3000),
+        _forward(
+            "Metaflow metadata service", "metadata", services, k.METADATA_SERVICE, k.METADATA_PORT
+        ),
+        _forward(
+            "Metaflow UI backend", "ui-backend", services, k.UI_BACKEND_SERVICE, k.UI_BACKEND_PORT
+        ),
+        _forward("Metaflow UI", "ui", services, k.UI_SERVICE, k.UI_PORT),
     ]
     if deploy_argo:
         forwards += [
-            _forward("Argo Workflows UI", "argo", "argo-workflows-server", 2746, 2746),
+            _forward(
+                "Argo Workflows UI",
+                "argo",
+                k.ARGO_NS,
+                k.ARGO_SERVER_SERVICE,
+                k.ARGO_SERVER_PORT,
+                hint=ARGO_LOGIN,
+            ),
             _forward(
                 "Argo Events webhook",
-                "metaflow",
-                "argo-events-webhook-eventsource-svc",
-                12000,
-                12000,
-                path="/metaflow-event",
+                "webhook",
+                k.METAFLOW_NS,
+                k.EVENT_SOURCE_SERVICE,
+                k.WEBHOOK_PORT,
+                path=f"/{k.EVENT_NAME}",
             ),
         ]
     if deploy_airflow:
-        # Local 9090, not 8080: the metadata service has 8080.
-        forwards.append(_forward("Airflow UI", "airflow", "airflow-webserver", 9090, 8080))
+        forwards.append(
+            _forward(
+                "Airflow UI",
+                "airflow",
+                k.AIRFLOW_NS,
+                k.AIRFLOW_WEBSERVER_SERVICE,
+                k.AIRFLOW_WEBSERVER_PORT,
+            )
+        )
     return forwards
 
 
@@ -274,7 +315,7 @@ class Supervisor:
     # -- output --------------------------------------------------------------------------
 
     def show_urls(self) -> None:
-        """The table a person came for: what is where (plain http, all on 127.0.0.1)."""
+        """The table a person came for: what is where (plain http, all on localhost)."""
         from rich.table import Table  # lazy: keeps `inv --list` fast
 
         dry = self.kubectl.runner.dry_run
@@ -289,6 +330,9 @@ class Supervisor:
                 state = "[yellow](starting)[/]"
             table.add_row(child.forward.name, f"[bold]{child.forward.url}[/]", state)
         self.console.print(table)
+        for child in self.children:
+            if child.forward.hint:
+                self._say(child.forward.hint)
         if not dry:
             self.console.print("Press Ctrl-C to stop all port-forwards.")
 
@@ -303,7 +347,7 @@ class Supervisor:
             "port-forward",
             forward.target,
             forward.ports,
-            f"--address={HOST}",
+            f"--address={LISTEN}",
             namespace=forward.namespace,
         )
         started = self.clock()

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pytest_subprocess import FakeProcess
 from rich.console import Console
 
+from metaflow_gcp import kube_names, nextsteps
 from metaflow_gcp.config import validate
 from metaflow_gcp.errors import MissingTool, StackError
 from metaflow_gcp.kube import Kubectl
@@ -29,6 +31,8 @@ from metaflow_gcp.portforward import (
     run_port_forward,
 )
 from metaflow_gcp.shell import Runner
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CTX = validate({"org_prefix": "acme", "project": "acme-ml-prod"}).names().kube_context
 READY = "Forwarding from 127.0.0.1:{port} -> {port}"
@@ -166,10 +170,11 @@ def free_port() -> int:
 
 def test_metaflow_services_are_always_forwarded() -> None:
     got = {(f.namespace, f.target, f.local_port, f.remote_port) for f in forwards_for(False, False)}
+    # The services live in metaflow-services, apart from user code.
     assert got == {
-        ("metaflow", "svc/metadata-service", 8080, 8080),
-        ("metaflow", "svc/metaflow-ui-backend", 8083, 8083),
-        ("metaflow", "svc/metaflow-ui", 3000, 3000),
+        ("metaflow-services", "svc/metadata-service", 8080, 8080),
+        ("metaflow-services", "svc/metaflow-ui-backend", 8083, 8083),
+        ("metaflow-services", "svc/metaflow-ui", 3000, 3000),
     }
 
 
@@ -184,15 +189,39 @@ def test_argo_adds_its_server_and_the_events_webhook() -> None:
 def test_airflow_adds_its_webserver_on_local_9090() -> None:
     extra = set(forwards_for(False, True)) - set(forwards_for(False, False))
     assert {(f.namespace, f.target, f.local_port, f.remote_port, f.url) for f in extra} == {
-        ("airflow", "svc/airflow-webserver", 9090, 8080, "http://127.0.0.1:9090"),
+        ("airflow", "svc/airflow-webserver", 9090, 8080, "http://localhost:9090"),
     }
 
 
 def test_every_url_is_plain_http_on_its_own_local_port() -> None:
     everything = forwards_for(True, True)
     assert len(everything) == 6
-    assert all(f.url.startswith(f"http://127.0.0.1:{f.local_port}") for f in everything)
+    assert all(f.url.startswith(f"http://localhost:{f.local_port}") for f in everything)
     assert len({f.local_port for f in everything}) == 6
+
+
+def test_the_urls_are_the_ones_the_config_and_the_ui_backend_expect() -> None:
+    """The UI backend accepts one origin (ORIGIN_TO_ALLOW_CORS_FROM), so the UI must be opened
+    exactly where the chart's ui.corsOrigin and the next steps say: localhost, not 127.0.0.1."""
+    urls = {f.name: f.url for f in forwards_for(True, True)}
+    assert urls["Metaflow UI"] == kube_names.local_url("ui") == nextsteps.UI_URL
+    assert urls["Metaflow metadata service"] == nextsteps.METADATA_URL
+    assert urls["Argo Workflows UI"] == nextsteps.ARGO_UI_URL
+    assert urls["Airflow UI"] == nextsteps.AIRFLOW_UI_URL
+    chart = yaml.safe_load((ROOT / "charts" / "metaflow" / "values.yaml").read_text())
+    assert chart["ui"]["corsOrigin"] == urls["Metaflow UI"]
+
+
+def test_the_argo_ui_forward_says_how_to_log_in_and_shows_no_token(
+    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+) -> None:
+    (argo,) = [f for f in forwards_for(True, False) if f.name == "Argo Workflows UI"]
+    assert 'echo "Bearer $(gcloud auth print-access-token)"' in argo.hint
+    sup = supervisor(console, clock, [argo])
+    sup.start()
+    sup.show_urls()
+    sup.stop()
+    assert "gcloud auth print-access-token" in out.getvalue()
 
 
 # -- taken ports -----------------------------------------------------------------------
@@ -256,11 +285,11 @@ def test_each_forward_runs_kubectl_port_forward_on_the_stack_context(
     assert argvs[0] == [
         "kubectl",
         f"--context={CTX}",
-        "--namespace=metaflow",
+        "--namespace=metaflow-services",
         "port-forward",
         "svc/metadata-service",
         "8080:8080",
-        "--address=127.0.0.1",
+        "--address=localhost",  # kubectl binds 127.0.0.1 and ::1
     ]
     assert argvs[-1][2:6] == [
         "--namespace=airflow",
@@ -469,8 +498,8 @@ def test_dry_run_shows_the_commands_and_urls_and_starts_nothing(
     assert len(fp.calls) == 0
     assert len(shown) == 5
     assert all(line.startswith(f"kubectl --context={CTX} --namespace=") for line in shown)
-    assert "port-forward svc/argo-workflows-server 2746:2746 --address=127.0.0.1" in shown[3]
-    assert "http://127.0.0.1:12000/metaflow-event" in out.getvalue()
+    assert "port-forward svc/argo-workflows-server 2746:2746 --address=localhost" in shown[3]
+    assert "http://localhost:12000/metaflow-event" in out.getvalue()
 
 
 # -- through the real Runner (pytest-subprocess fakes Popen) ---------------------------
@@ -494,7 +523,7 @@ def argv_for(f: Forward) -> list[str]:
         "port-forward",
         f.target,
         f.ports,
-        "--address=127.0.0.1",
+        "--address=localhost",
     ]
 
 
