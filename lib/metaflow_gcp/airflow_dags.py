@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from metaflow_gcp import kube_names
 from metaflow_gcp.errors import CommandError, StackError
 from metaflow_gcp.kube import Kubectl
 from metaflow_gcp.shell import Result
 
-NAMESPACE = "airflow"
+NAMESPACE = kube_names.AIRFLOW_NS
 CONTAINER = "scheduler"
 DAGS_DIR = "/opt/airflow/dags"
 SCHEDULER_SELECTOR = "tier=airflow,component=scheduler,release=airflow"
