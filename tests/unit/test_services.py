@@ -193,6 +193,8 @@ class FakeCluster:
         words = [a for a in argv[1:] if not a.startswith("--")]
         if "--project=acme-ml-prod" not in argv:
             self.problems.append(f"gcloud without the project: {argv}")
+        if words[:3] == ["iam", "service-accounts", "list"]:
+            return 0, json.dumps([{"email": e} for e in self.google_accounts]), ""
         missing = f"ERROR: (gcloud.iam) NOT_FOUND: Unknown service account {words[3:4]}"
         if words[:2] == ["iam", "service-accounts"] and words[2] in (
             "get-iam-policy",
@@ -669,6 +671,147 @@ def test_changed_values_upgrade_that_release_only(
 
 
 # ---------------------------------------------------------------------------------------
+# Namespaces, identities, and the upgrade from the single-account shape
+
+PSA = "pod-security.kubernetes.io"
+
+
+def test_every_namespace_is_labelled_for_pod_security_before_anything_lands_in_it(
+    cluster: FakeCluster, up: Up
+) -> None:
+    run = up(argo=True, airflow=True)
+
+    expected = {
+        "metaflow": "baseline",
+        "metaflow-services": "baseline",
+        "argo": "baseline",
+        "argo-events": "baseline",
+        "airflow": "baseline",
+    }
+    for namespace, enforce in expected.items():
+        labels = cluster.namespaces[namespace]
+        assert labels[f"{PSA}/enforce"] == enforce, namespace
+        assert labels[f"{PSA}/warn"] == labels[f"{PSA}/audit"] == "restricted", namespace
+        assert labels[f"{PSA}/enforce-version"] == "v1.33"
+        assert labels["app.kubernetes.io/managed-by"] == "metaflow-gcp"
+    assert not any(a.startswith("create") and "namespace" in a for a in run.mutating())
+
+
+def test_an_existing_namespace_gets_its_labels_and_keeps_its_own(
+    cluster: FakeCluster, up: Up
+) -> None:
+    cluster.namespaces["metaflow"] = {"team": "ml", f"{PSA}/enforce": "privileged"}
+
+    run = up(argo=False)
+
+    assert cluster.namespaces["metaflow"]["team"] == "ml"
+    assert cluster.namespaces["metaflow"][f"{PSA}/enforce"] == "baseline"
+    manifest = json.loads(run.calls[run.applied("Namespace", "metaflow")][1] or "{}")
+    assert set(manifest["metadata"]) == {"name", "labels"}  # nothing but our labels applied
+
+
+def test_each_google_account_is_bound_to_its_own_kubernetes_account_only(
+    cluster: FakeCluster, up: Up
+) -> None:
+    up(argo=True, airflow=True)
+
+    assert cluster.wi_members(SERVICES_GSA) == {
+        f"serviceAccount:{POOL}[metaflow-services/{SERVICES_KSA}]"
+    }
+    assert cluster.wi_members(STEPS_GSA) == {
+        f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]",
+        f"serviceAccount:{POOL}[airflow/{STEPS_KSA}]",
+    }
+
+
+def test_two_stacks_in_one_project_share_no_workload_identity_member(
+    cluster: FakeCluster, tools: dict[str, str], state: FakeState
+) -> None:
+    def members(stack_name: str) -> set[str]:
+        stack = open_stack({**SETTINGS, "stack": stack_name}, env=tools)
+        run = services.ServicesRun(stack, None, None, ROOT)  # type: ignore[arg-type]
+        return {f"{ns}/{ksa}" for pairs in run.wanted_ksas().values() for ns, ksa in pairs}
+
+    assert members("dev").isdisjoint(members("prod"))
+
+
+def test_an_upgrade_moves_the_services_then_removes_the_old_secret_account_and_google_account(
+    cluster: FakeCluster, up: Up
+) -> None:
+    cluster.upgraded_from_the_single_account_shape()
+
+    run = up(argo=True)
+
+    release = run.index("upgrade", "--install", "metaflow")
+    assert run.applied("Secret", "metaflow-db") < release
+    old_secret = run.index("delete", "secret", "metaflow-db")
+    old_account = run.index("delete", "serviceaccount", "metaflow")
+    assert release < old_secret and release < old_account
+    assert flag(run.argvs()[old_secret], "--namespace") == "metaflow"
+    assert ("metaflow", "metaflow-db") not in cluster.secrets
+    assert ("metaflow", "metaflow") not in cluster.service_accounts
+    assert ("metaflow-services", "metaflow-db") in cluster.secrets
+    # The legacy Google account goes last, after every release moved off it.
+    retired = run.index("iam", "service-accounts", "delete", LEGACY_GSA)
+    assert all(
+        i < retired for i, argv in enumerate(run.argvs()) if "upgrade" in argv and "helm" in argv
+    )
+    assert LEGACY_GSA not in cluster.google_accounts
+    assert "services.up finished" in run.output
+
+
+def test_an_upgraded_stack_converges_and_a_re_run_changes_nothing(
+    cluster: FakeCluster, up: Up
+) -> None:
+    cluster.upgraded_from_the_single_account_shape()
+    up(argo=True)
+
+    again = up(argo=True)
+
+    assert again.mutating() == []
+
+
+def test_the_old_account_stays_while_a_pod_still_runs_as_it_and_goes_on_the_next_run(
+    cluster: FakeCluster, up: Up
+) -> None:
+    cluster.upgraded_from_the_single_account_shape()
+    cluster.pods = [
+        {
+            "metadata": {"name": "old-workflow-step-1", "namespace": "metaflow"},
+            "spec": {"serviceAccountName": "metaflow"},
+            "status": {"phase": "Running"},
+        }
+    ]
+
+    up(argo=True)
+    assert ("metaflow", "metaflow") in cluster.service_accounts
+    assert ("metaflow", "metaflow-db") not in cluster.secrets  # the password goes at once
+
+    cluster.pods[0]["status"]["phase"] = "Succeeded"
+    up(argo=True)
+    assert ("metaflow", "metaflow") not in cluster.service_accounts
+
+
+def test_argo_workflows_defaults_to_this_stacks_steps_account(cluster: FakeCluster, up: Up) -> None:
+    run = up(argo=True)
+
+    argv = helm_upgrade(run, "argo-workflows")
+    assert argv[argv.index("--set-string") + 1] == (
+        f"controller.workflowDefaults.spec.serviceAccountName={STEPS_KSA}"
+    )
+
+
+def test_the_config_carries_the_secrets_prefix_from_the_recorded_project_number(
+    cluster: FakeCluster, up: Up
+) -> None:
+    up(argo=True)
+
+    config = json.loads((services.nextsteps.config_home() / "config.json").read_text())
+    assert config["METAFLOW_GCP_SECRET_MANAGER_PREFIX"] == "projects/123456/secrets/mf-dev-user-"
+    assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] == STEPS_KSA
+
+
+# ---------------------------------------------------------------------------------------
 # Failures
 
 
@@ -1021,7 +1164,7 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
         "upgrade --install argo-workflows ",
         "upgrade --install argo-events ",
         "upgrade --install metaflow-argo-events ",
-        f"gcloud iam service-accounts describe {LEGACY_GSA}",
+        f"gcloud iam service-accounts delete {LEGACY_GSA}",
     ]
     positions = [next(i for i, line in enumerate(lines) if part in line) for part in order]
     assert positions == sorted(positions)
