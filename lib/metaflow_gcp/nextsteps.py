@@ -161,6 +161,7 @@ def metaflow_profiles(
 class WriteStatus(StrEnum):
     WRITTEN = "written"
     UNCHANGED = "unchanged"
+    UPDATED = "updated"  # this stack's config as an earlier version wrote it, brought up to date
     BESIDE = "written beside"  # the usual file says something else and was kept
     PLANNED = "would write"  # dry run
 
@@ -215,12 +216,16 @@ def write_profiles(
         if current == profile.config:
             results.append(Written(profile, target, WriteStatus.UNCHANGED, profile.name))
             continue
+        if _earlier_version_of(current, profile.config):
+            _write(target, profile.config)
+            results.append(Written(profile, target, WriteStatus.UPDATED, profile.name))
+            continue
         alt_name = f"mf-{stack}" + (f"-{profile.name}" if profile.name else "")
         alt = home / config_file_name(alt_name)
         alt_current = _read_config(alt)
         if alt_current == profile.config:
             results.append(Written(profile, alt, WriteStatus.UNCHANGED, alt_name, kept=target))
-        elif alt_current is None:
+        elif alt_current is None or _earlier_version_of(alt_current, profile.config):
             _write(alt, profile.config)
             results.append(Written(profile, alt, WriteStatus.BESIDE, alt_name, kept=target))
         else:
@@ -228,6 +233,42 @@ def write_profiles(
             _write(new, profile.config)
             results.append(Written(profile, new, WriteStatus.BESIDE, profile.name, kept=target))
     return results
+
+
+# Every key this tool writes (a test keeps the list complete). A file holding only these, for
+# the same datastore, is this stack's config as an earlier version wrote it (before the
+# services moved to their own namespace, say): brought up to date, not left stale.
+OUR_KEYS = frozenset(
+    {
+        "METAFLOW_DEFAULT_DATASTORE",
+        "METAFLOW_DATASTORE_SYSROOT_GS",
+        "METAFLOW_DEFAULT_METADATA",
+        "METAFLOW_SERVICE_URL",
+        "METAFLOW_SERVICE_INTERNAL_URL",
+        "METAFLOW_UI_URL",
+        "METAFLOW_DEFAULT_SECRETS_BACKEND_TYPE",
+        "METAFLOW_GCP_SECRET_MANAGER_PREFIX",
+        "METAFLOW_KUBERNETES_NAMESPACE",
+        "METAFLOW_KUBERNETES_SERVICE_ACCOUNT",
+        "METAFLOW_ARGO_EVENTS_EVENT_BUS",
+        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE",
+        "METAFLOW_ARGO_EVENTS_EVENT",
+        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT",
+        "METAFLOW_ARGO_EVENTS_WEBHOOK_URL",
+        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL",
+        "METAFLOW_ARGO_EVENTS_WEBHOOK_AUTH",
+        "METAFLOW_ARGO_WORKFLOWS_UI_URL",
+    }
+)
+
+
+def _earlier_version_of(current: object, wanted: Mapping[str, str]) -> bool:
+    if not isinstance(current, dict) or not current:
+        return False
+    same_stack = current.get("METAFLOW_DATASTORE_SYSROOT_GS") == wanted.get(
+        "METAFLOW_DATASTORE_SYSROOT_GS"
+    )
+    return same_stack and set(current) <= OUR_KEYS
 
 
 def _make_home(home: Path) -> None:
@@ -376,6 +417,10 @@ def _config_lines(written: list[Written]) -> list[str]:
             lines.append(f"{where} is up to date {what}{use}")
         elif item.status is WriteStatus.WRITTEN:
             lines.append(f"wrote {where} {what}{use}")
+        elif item.status is WriteStatus.UPDATED:
+            lines.append(
+                f"updated {where} {what}{use}: it was this stack's config from an earlier version"
+            )
         else:
             kept = escape(_home_relative(item.kept)) if item.kept else ""
             lines.append(

@@ -313,6 +313,60 @@ def test_a_second_run_finds_its_stack_profile_unchanged(tmp_path: Path) -> None:
     assert again.status is WriteStatus.UNCHANGED and again.profile == "mf-dev"
 
 
+def test_this_stacks_config_from_an_earlier_version_is_brought_up_to_date(
+    tmp_path: Path,
+) -> None:
+    """Before the split, config.json sent steps to the `metaflow` KSA, which an upgrade
+    deletes: left in place it would make every step pod fail to start."""
+    home = tmp_path / "mf"
+    home.mkdir()
+    earlier = {
+        **BASE,
+        "METAFLOW_SERVICE_URL": "http://127.0.0.1:8080/",
+        "METAFLOW_SERVICE_INTERNAL_URL": "http://metadata-service.metaflow.svc.cluster.local:8080/",
+        "METAFLOW_KUBERNETES_NAMESPACE": "metaflow",
+        "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "metaflow",
+    }
+    del earlier["METAFLOW_GCP_SECRET_MANAGER_PREFIX"]
+    (home / "config.json").write_text(json.dumps(earlier))
+    profiles = nextsteps.metaflow_profiles(
+        NAMES, argo=False, airflow=False, project_number=PROJECT_NUMBER
+    )
+
+    [written] = nextsteps.write_profiles(profiles, stack="dev", home=home)
+
+    assert written.status is WriteStatus.UPDATED and written.path == home / "config.json"
+    assert json.loads((home / "config.json").read_text()) == {**BASE, **METAFLOW_JOBS}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"METAFLOW_DATASTORE_SYSROOT_GS": "gs://another-stack/metaflow"},
+        {"METAFLOW_S3_ENDPOINT_URL": "http://minio:9000"},  # a key the user added
+    ],
+)
+def test_a_config_of_another_stack_or_with_the_users_own_keys_is_kept(
+    tmp_path: Path, change: dict[str, str]
+) -> None:
+    home = tmp_path / "mf"
+    home.mkdir()
+    theirs = {**BASE, **METAFLOW_JOBS, "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "x", **change}
+    (home / "config.json").write_text(json.dumps(theirs))
+
+    [written] = nextsteps.write_profiles(
+        nextsteps.metaflow_profiles(NAMES, argo=False, airflow=False), stack="dev", home=home
+    )
+
+    assert written.status is WriteStatus.BESIDE
+    assert json.loads((home / "config.json").read_text()) == theirs
+
+
+def test_every_key_we_write_is_listed_as_ours() -> None:
+    written = {k for config in configs(argo=True, airflow=True).values() for k in config}
+    assert written == nextsteps.OUR_KEYS
+
+
 def test_when_both_names_are_taken_the_new_config_is_a_dot_new_file(tmp_path: Path) -> None:
     (tmp_path / "config_airflow.json").write_text('{"A": "mine"}')
     (tmp_path / "config_mf-dev-airflow.json").write_text("not json at all")
