@@ -720,12 +720,7 @@ def build_steps(
         )
 
     def namespace_step(name: str) -> Step:
-        enforce = kube_names.POD_SECURITY[name]
-        return Step(
-            f"ns:{name}",
-            f"namespace {name} (Pod Security: enforce {enforce})",
-            lambda r: run.ensure_namespace(name, r),
-        )
+        return namespace_step_of(run, name)
 
     steps = [
         Step("wi", f"Workload Identity ({ksas})", run.ensure_workload_identity),
@@ -816,6 +811,16 @@ def build_steps(
         )
     )
     return steps
+
+
+def namespace_step_of(run: ServicesRun, name: str) -> Step:
+    """Step `ns:<name>`: one of kube_names.NAMESPACES, with its Pod Security labels."""
+    enforce = kube_names.POD_SECURITY[name]
+    return Step(
+        f"ns:{name}",
+        f"namespace {name} (Pod Security: enforce {enforce})",
+        lambda r: run.ensure_namespace(name, r),
+    )
 
 
 def _uninstall_action(run: ServicesRun, installed: Installed) -> Callable[[StepRun], Outcome]:

@@ -958,3 +958,16 @@ def test_ui_backend_memory_fits_its_worker_processes(scenario: tuple[Values, Ren
     limit = mebibytes(container(workload, "ui-backend")["resources"]["limits"]["memory"])
     assert limit >= 150 * (workers + 5)
     assert workers <= 16  # upstream's 40 under a few GiB is what got the pod OOM-killed
+
+
+def test_every_namespace_the_stack_owns_has_a_pod_security_level() -> None:
+    """services.up labels each of them; `restricted` only where every pod we run passes it."""
+    assert set(kube_names.POD_SECURITY) == set(kube_names.NAMESPACES)
+    assert set(kube_names.POD_SECURITY.values()) <= {"baseline", "restricted"}
+    # The stock metadata service image runs as uid 0, which `restricted` refuses.
+    values = effective(None)
+    assert values["images"]["metadataService"]["runAsUser"] == 0
+    assert kube_names.POD_SECURITY[kube_names.SERVICES_NS] == "baseline"
+    labels = kube_names.pod_security_labels(kube_names.JOBSET_NS)
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
