@@ -971,3 +971,16 @@ def test_every_namespace_the_stack_owns_has_a_pod_security_level() -> None:
     labels = kube_names.pod_security_labels(kube_names.JOBSET_NS)
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+def test_services_and_ports_are_the_shared_names(stack: Rendered) -> None:
+    """Port-forwards, the Metaflow config and the policies all use kube_names."""
+    expected = {
+        kube_names.METADATA_SERVICE: kube_names.METADATA_PORT,
+        kube_names.UI_BACKEND_SERVICE: kube_names.UI_BACKEND_PORT,
+        kube_names.UI_SERVICE: kube_names.UI_PORT,
+    }
+    found = {s["metadata"]["name"]: s["spec"]["ports"][0]["port"] for s in stack.of_kind("Service")}
+    assert found == expected
+    ingress = policies(stack, SERVICES_NS)["metadata-service"]["ingress"]
+    assert ingress[0]["ports"] == [{"protocol": "TCP", "port": kube_names.METADATA_PORT}]
