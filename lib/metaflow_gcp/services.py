@@ -286,12 +286,14 @@ def releases_for(
                 (("networkPolicy", "allowAirflow"), stack.settings.deploy_airflow),
             ),
         ),
-        # The workflow-level account (Argo's agent pod) is this stack's steps account.
+        # Workflows run as this stack's steps account: the workflow-level default (Argo's
+        # agent pod) and the account the chart's executor RoleBinding names.
         upstream(
             "argo-workflows",
             ARGO_NS,
             set_string=(
                 (("controller", "workflowDefaults", "spec", "serviceAccountName"), accounts.steps),
+                (("workflow", "serviceAccount", "name"), accounts.steps),
             ),
         ),
         upstream("argo-events", ARGO_EVENTS_NS),

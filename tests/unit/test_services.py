@@ -796,9 +796,13 @@ def test_argo_workflows_defaults_to_this_stacks_steps_account(cluster: FakeClust
     run = up(argo=True)
 
     argv = helm_upgrade(run, "argo-workflows")
-    assert argv[argv.index("--set-string") + 1] == (
-        f"controller.workflowDefaults.spec.serviceAccountName={STEPS_KSA}"
-    )
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set-string"]
+    assert sets == [
+        f"controller.workflowDefaults.spec.serviceAccountName={STEPS_KSA}",
+        f"workflow.serviceAccount.name={STEPS_KSA}",  # the chart's executor RoleBinding
+    ]
+    values = cluster.releases[("argo", "argo-workflows")].values
+    assert values["workflow"]["serviceAccount"] == {"create": False, "name": STEPS_KSA}
 
 
 def test_the_config_carries_the_secrets_prefix_from_the_recorded_project_number(
