@@ -32,8 +32,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from metaflow_gcp import nextsteps
+from metaflow_gcp import kube_names, nextsteps
 from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.config import Names
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
@@ -148,6 +149,16 @@ def chart_checksum(chart_dir: Path) -> str:
 # Releases
 
 ValuePath = tuple[str, ...]
+
+# values/argo-workflows.yaml leaves the workflow-level account to us: it carries the stack's
+# name. Argo runs Metaflow's exit-hook agent pods as this account (charts/metaflow gives the
+# steps' account the agent's RBAC and token Secret).
+ARGO_WORKFLOW_ACCOUNT: ValuePath = ("controller", "workflowDefaults", "spec", "serviceAccountName")
+
+
+def argo_workflows_set_string(names: Names) -> tuple[tuple[ValuePath, str], ...]:
+    """The --set-string values of the argo-workflows release."""
+    return ((ARGO_WORKFLOW_ACCOUNT, kube_names.Accounts.of(names).steps),)
 
 
 @dataclass(frozen=True)
@@ -275,7 +286,7 @@ def releases_for(
             ),
             set_bool=((("argoWorkflows", "enabled"), stack.settings.deploy_argo),),
         ),
-        upstream("argo-workflows", ARGO_NS),
+        upstream("argo-workflows", ARGO_NS, set_string=argo_workflows_set_string(n)),
         upstream("argo-events", ARGO_EVENTS_NS),
         local("metaflow-argo-events"),
         # No Google identity for the scheduler: the step pods it launches have their own.
