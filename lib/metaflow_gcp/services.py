@@ -74,6 +74,8 @@ ARGO_RELEASES = (
     ("argo-workflows", ARGO_NS),
 )
 AIRFLOW_RELEASES = (("airflow", AIRFLOW_NS),)
+# The NATS StatefulSet the Argo Events controller makes for the EventBus ("eventbus-<bus>-js").
+EVENT_BUS_STATEFULSET = f"eventbus-{kube_names.EVENT_BUS}-js"
 
 # States in which Helm refuses another upgrade until someone looks.
 _STUCK = {"pending-install", "pending-upgrade", "pending-rollback", "uninstalling"}
@@ -541,6 +543,29 @@ class ServicesRun:
             return Outcome.GONE
         return Outcome.DELETED
 
+    # -- Argo Events ---------------------------------------------------------------------
+
+    def ensure_event_bus_on_disks(self, run: StepRun) -> Outcome:
+        """Stacks made before the EventBus kept its streams on persistent disks have a NATS
+        StatefulSet without volumeClaimTemplates, a field Kubernetes never lets change, so
+        the controller's update of it fails. Deleting it lets the controller create it again
+        with the disks; events not yet consumed (they were in an emptyDir) are lost, as they
+        would be whenever a NATS pod moved."""
+        current = self.kubectl.get("statefulset", EVENT_BUS_STATEFULSET, namespace=METAFLOW_NS)
+        spec = current.get("spec") if current else None
+        if not isinstance(spec, dict) or spec.get("volumeClaimTemplates"):
+            return Outcome.KEPT  # none yet (the controller makes it with disks), or on disks
+        run.before_change(f"recreate StatefulSet {EVENT_BUS_STATEFULSET} with disks", new=False)
+        self.kubectl.run(
+            "delete",
+            "statefulset",
+            EVENT_BUS_STATEFULSET,
+            "--ignore-not-found",
+            namespace=METAFLOW_NS,
+        )
+        run.note("the Argo Events controller recreates it with one disk per NATS server")
+        return Outcome.UPDATED
+
 
 def secret_manifest(
     name: str, namespace: str, data: dict[str, str], *, annotations: dict[str, str] | None = None
@@ -643,6 +668,13 @@ def build_steps(
             release_step("argo-events", ()),
             # EventBus, EventSource and friends are Argo Events CRDs, in the metaflow namespace.
             release_step("metaflow-argo-events", ("release:argo-events", "ns:metaflow")),
+            # After the EventBus asks for disks: an older bus's StatefulSet cannot get them.
+            Step(
+                "eventbus:disks",
+                f"EventBus {kube_names.EVENT_BUS} on persistent disks",
+                run.ensure_event_bus_on_disks,
+                ("release:metaflow-argo-events",),
+            ),
         ]
     if s.deploy_airflow:
         steps += [
