@@ -576,3 +576,34 @@ def test_nothing_in_argo_events_takes_connections(argo_ev: Rendered) -> None:
     [policy] = argo_ev.of_kind("NetworkPolicy")
     assert policy["metadata"]["namespace"] == kube_names.ARGO_EVENTS_NS
     assert policy["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def restricted_problems(workload: Manifest) -> list[str]:
+    """What keeps a pod from Pod Security "restricted" (the checks that apply to these pods)."""
+    pod = pod_spec(workload)
+    pod_ctx = pod.get("securityContext", {})
+    problems = []
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        ctx = {**pod_ctx, **c.get("securityContext", {})}
+        where = f"{workload['metadata']['name']}/{c['name']}"
+        if ctx.get("runAsNonRoot") is not True or ctx.get("runAsUser") == 0:
+            problems.append(f"{where}: may run as root")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: may escalate")
+        if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
+            problems.append(f"{where}: keeps capabilities")
+        if ctx.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: no seccomp profile")
+        if ctx.get("privileged"):
+            problems.append(f"{where}: privileged")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        problems.append(f"{workload['metadata']['name']}: shares a host namespace")
+    if any("hostPath" in v for v in pod.get("volumes", [])):
+        problems.append(f"{workload['metadata']['name']}: mounts a host path")
+    return problems
+
+
+def test_argo_pods_meet_pod_security_restricted(argo_wf: Rendered, argo_ev: Rendered) -> None:
+    workloads = [*argo_wf.of_kind("Deployment"), *argo_ev.of_kind("Deployment")]
+    assert len(workloads) == 3
+    assert [p for w in workloads for p in restricted_problems(w)] == []
