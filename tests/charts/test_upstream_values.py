@@ -3,7 +3,11 @@
 The upstream charts are not vendored, so these tests check our files on their own. To also
 check every key against the pinned charts, unpack them (`helm pull REPO/CHART --version V
 --untar --untardir DIR` gives DIR/<chart>) into DIR/<chart>-<version>/ and set
-UPSTREAM_CHARTS_DIR=DIR; the last test then renders each chart with our values.
+UPSTREAM_CHARTS_DIR=DIR (.ci/run points it at ../shared/upstream-charts when CI has them):
+the last sections then render each chart with our values and the real Helm engine, and
+check what lands on the cluster: valid objects, no cluster-wide grant, the Argo controllers
+confined to the Metaflow namespace, argo-server asking for a token, network boundaries and
+Pod Security. Without the variable those tests skip.
 """
 
 from __future__ import annotations
