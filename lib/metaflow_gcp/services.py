@@ -37,6 +37,7 @@ from typing import Any
 
 from metaflow_gcp import kube_names, nextsteps
 from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.config import Names
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
@@ -78,6 +79,8 @@ ARGO_RELEASES = (
     ("argo-workflows", ARGO_NS),
 )
 AIRFLOW_RELEASES = (("airflow", AIRFLOW_NS),)
+# The NATS StatefulSet the Argo Events controller makes for the EventBus ("eventbus-<bus>-js").
+EVENT_BUS_STATEFULSET = f"eventbus-{kube_names.EVENT_BUS}-js"
 
 # States in which Helm refuses another upgrade until someone looks.
 _STUCK = {"pending-install", "pending-upgrade", "pending-rollback", "uninstalling"}
@@ -153,6 +156,16 @@ def chart_checksum(chart_dir: Path) -> str:
 # Releases
 
 ValuePath = tuple[str, ...]
+
+# values/argo-workflows.yaml leaves the workflow-level account to us: it carries the stack's
+# name. Argo runs Metaflow's exit-hook agent pods as this account (charts/metaflow gives the
+# steps' account the agent's RBAC and token Secret).
+ARGO_WORKFLOW_ACCOUNT: ValuePath = ("controller", "workflowDefaults", "spec", "serviceAccountName")
+
+
+def argo_workflows_set_string(names: Names) -> tuple[tuple[ValuePath, str], ...]:
+    """The --set-string values of the argo-workflows release."""
+    return ((ARGO_WORKFLOW_ACCOUNT, kube_names.Accounts.of(names).steps),)
 
 
 @dataclass(frozen=True)
@@ -286,16 +299,7 @@ def releases_for(
                 (("networkPolicy", "allowAirflow"), stack.settings.deploy_airflow),
             ),
         ),
-        # Workflows run as this stack's steps account: the workflow-level default (Argo's
-        # agent pod) and the account the chart's executor RoleBinding names.
-        upstream(
-            "argo-workflows",
-            ARGO_NS,
-            set_string=(
-                (("controller", "workflowDefaults", "spec", "serviceAccountName"), accounts.steps),
-                (("workflow", "serviceAccount", "name"), accounts.steps),
-            ),
-        ),
+        upstream("argo-workflows", ARGO_NS, set_string=argo_workflows_set_string(n)),
         upstream("argo-events", ARGO_EVENTS_NS),
         local("metaflow-argo-events"),
         # No Google identity for the scheduler: the step pods it launches have their own.
@@ -618,6 +622,29 @@ class ServicesRun:
             return Outcome.GONE
         return Outcome.DELETED
 
+    # -- Argo Events ---------------------------------------------------------------------
+
+    def ensure_event_bus_on_disks(self, run: StepRun) -> Outcome:
+        """Stacks made before the EventBus kept its streams on persistent disks have a NATS
+        StatefulSet without volumeClaimTemplates, a field Kubernetes never lets change, so
+        the controller's update of it fails. Deleting it lets the controller create it again
+        with the disks; events not yet consumed (they were in an emptyDir) are lost, as they
+        would be whenever a NATS pod moved."""
+        current = self.kubectl.get("statefulset", EVENT_BUS_STATEFULSET, namespace=METAFLOW_NS)
+        spec = current.get("spec") if current else None
+        if not isinstance(spec, dict) or spec.get("volumeClaimTemplates"):
+            return Outcome.KEPT  # none yet (the controller makes it with disks), or on disks
+        run.before_change(f"recreate StatefulSet {EVENT_BUS_STATEFULSET} with disks", new=False)
+        self.kubectl.run(
+            "delete",
+            "statefulset",
+            EVENT_BUS_STATEFULSET,
+            "--ignore-not-found",
+            namespace=METAFLOW_NS,
+        )
+        run.note("the Argo Events controller recreates it with one disk per NATS server")
+        return Outcome.UPDATED
+
 
 def secret_manifest(
     name: str, namespace: str, data: dict[str, str], *, annotations: dict[str, str] | None = None
@@ -752,6 +779,13 @@ def build_steps(
             release_step("argo-events", (f"ns:{ARGO_EVENTS_NS}",)),
             # EventBus, EventSource and friends are Argo Events CRDs, in the metaflow namespace.
             release_step("metaflow-argo-events", ("release:argo-events", f"ns:{METAFLOW_NS}")),
+            # After the EventBus asks for disks: an older bus's StatefulSet cannot get them.
+            Step(
+                "eventbus:disks",
+                f"EventBus {kube_names.EVENT_BUS} on persistent disks",
+                run.ensure_event_bus_on_disks,
+                ("release:metaflow-argo-events",),
+            ),
         ]
     if s.deploy_airflow:
         steps += [

@@ -7,6 +7,7 @@ coalescing and values.schema.json validation behave exactly as `helm template` w
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ Manifest = dict[str, Any]
 Values = dict[str, Any]
 
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
+
+# How Helm splits a rendered file into manifests (releaseutil.SplitManifests): a "---" needs
+# no whitespace after it, so "---apiVersion: v1" (what the argo charts' extraObjects template
+# produces) still starts a new manifest. YAML itself would not split there.
+HELM_SEPARATOR = re.compile(r"(?:^|\s*\n)---\s*")
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ def render_chart(
         if path.endswith("NOTES.txt"):
             notes += files[path]
             continue
-        manifests.extend(doc for doc in yaml.safe_load_all(files[path]) if doc)
+        for chunk in HELM_SEPARATOR.split(files[path]):
+            manifests.extend(doc for doc in yaml.safe_load_all(chunk) if doc)
     return Rendered(manifests=manifests, notes=notes)
 
 

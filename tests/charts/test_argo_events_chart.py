@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -26,10 +24,19 @@ RELEASE = "metaflow-argo-events"
 NAMESPACE = "metaflow"
 
 CUSTOM: Values = {
-    "eventBus": {"name": "mf-bus", "jetstreamVersion": "2.10.10", "replicas": 1},
-    "webhook": {"eventSourceName": "mf-webhook", "eventName": "flow-event", "port": 12001},
+    "eventBus": {
+        "name": "mf-bus",
+        "jetstreamVersion": "2.10.29",
+        "replicas": 1,
+        "persistence": {"storageClassName": "", "volumeSize": "20Gi"},
+    },
+    "webhook": {
+        "eventSourceName": "mf-webhook",
+        "eventName": "flow-event",
+        "port": 12001,
+        "clientPodLabels": {"team": "ml", "app.kubernetes.io/name": "metaflow-task"},
+    },
     "sensorServiceAccount": "mf-sensor",
-    "argoServer": {"serviceAccount": "argo-ui", "namespace": "argo-system"},
 }
 SCENARIOS: dict[str, Values | None] = {"defaults": None, "custom": CUSTOM}
 
@@ -160,6 +167,44 @@ def test_latest_jetstream_version_is_refused() -> None:
         render({"eventBus": {"jetstreamVersion": "latest"}})
 
 
+def jetstream_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_event_bus_runs_a_nats_release_without_known_cves(
+    scenario: tuple[Values, Rendered],
+) -> None:
+    """NATS 2.10.10 (the chart's "latest") has CVE-2025-30215, fixed in 2.10.27."""
+    _, rendered = scenario
+    version = one(rendered, "EventBus")["spec"]["jetstream"]["version"]
+    assert jetstream_version(version) >= (2, 10, 27)
+
+
+def test_event_bus_keeps_its_streams_on_gke_persistent_disks(defaults: Rendered) -> None:
+    """Unconsumed events survive a NATS pod moving to another node."""
+    persistence = one(defaults, "EventBus")["spec"]["jetstream"]["persistence"]
+    assert persistence == {
+        "storageClassName": "standard-rwo",
+        "accessMode": "ReadWriteOnce",
+        "volumeSize": "5Gi",
+    }
+
+
+def test_event_bus_disk_can_use_the_cluster_default_class_and_another_size() -> None:
+    persistence = one(render(CUSTOM), "EventBus")["spec"]["jetstream"]["persistence"]
+    assert persistence == {"accessMode": "ReadWriteOnce", "volumeSize": "20Gi"}
+
+
+@pytest.mark.parametrize(
+    "persistence",
+    [None, {"volumeSize": ""}, {"volumeSize": "5GB"}, {"volumeSize": "0Gi"}],
+    ids=["none", "empty-size", "decimal-unit", "zero"],
+)
+def test_event_bus_without_a_valid_disk_is_refused(persistence: Values | None) -> None:
+    with pytest.raises(helm_python.HelmError):
+        render({"eventBus": {"persistence": persistence}})
+
+
 def test_event_bus_pods_run_unprivileged(defaults: Rendered) -> None:
     jetstream = one(defaults, "EventBus")["spec"]["jetstream"]
     assert jetstream["securityContext"]["runAsNonRoot"] is True
@@ -255,66 +300,141 @@ def test_sensor_service_account_can_operate_workflows(scenario: tuple[Values, Re
     ]
 
 
-# The plurals the pinned Argo Events CRDs register (argo-events chart 2.4.22, templates/crds):
-# RBAC matches these names exactly, and the EventBus CRD's plural is "eventbus", not
-# "eventbuses" (a rule naming "eventbuses" grants nothing).
-EVENT_PLURALS = ("eventsources", "eventbus", "sensors")
-
-
-def test_argo_server_account_can_view_event_objects(scenario: tuple[Values, Rendered]) -> None:
-    values, rendered = scenario
-    assert grants(rendered.get("Role", "view-events-role")) == {
-        ("argoproj.io", r, v) for r in EVENT_PLURALS for v in ("get", "list", "watch")
-    }
-    binding = rendered.get("RoleBinding", "view-events-role-binding")
-    assert binding["roleRef"]["name"] == "view-events-role"
-    assert binding["subjects"] == [
-        {
-            "kind": "ServiceAccount",
-            "name": values["argoServer"]["serviceAccount"],
-            "namespace": values["argoServer"]["namespace"],
-        }
-    ]
-
-
-@pytest.mark.skipif(not os.environ.get("UPSTREAM_CHARTS_DIR"), reason="UPSTREAM_CHARTS_DIR not set")
-def test_event_plurals_are_the_ones_the_pinned_argo_events_crds_register(
-    versions: dict[str, dict[str, str]],
-) -> None:
-    """Checked against the CRDs themselves when the pinned chart is unpacked (see
-    test_upstream_values.py for UPSTREAM_CHARTS_DIR)."""
-    pin = versions["argo-events"]["version"]
-    chart_dir = Path(os.environ["UPSTREAM_CHARTS_DIR"]) / f"argo-events-{pin}"
-    if not chart_dir.is_dir():
-        pytest.skip(f"{chart_dir} not unpacked")
-    upstream = render_chart(
-        chart_dir,
-        load_yaml(VALUES_DIR / "argo-events.yaml"),
-        release="argo-events",
-        namespace="argo-events",
-    )
-    registered = {
-        crd["spec"]["names"]["kind"]: crd["spec"]["names"]["plural"]
-        for crd in upstream.of_kind("CustomResourceDefinition")
-    }
-    wanted = {registered[kind] for kind in ("EventSource", "EventBus", "Sensor")}
-    assert set(EVENT_PLURALS) == wanted
-
-
-def test_view_events_binding_names_the_account_the_argo_chart_creates(defaults: Rendered) -> None:
-    """The old template bound a service account that did not exist."""
-    argo = load_yaml(VALUES_DIR / "argo-workflows.yaml")["server"]["serviceAccount"]
-    subject = defaults.get("RoleBinding", "view-events-role-binding")["subjects"][0]
-    assert argo["create"] is True
-    assert subject == {
-        "kind": "ServiceAccount",
-        "name": argo["name"],
-        "namespace": "argo",
-    }
-
-
 def test_no_role_grants_wildcards(scenario: tuple[Values, Rendered]) -> None:
     _, rendered = scenario
     for role in rendered.of_kind("Role"):
         assert not any("*" in "".join(g) for g in grants(role))
     assert not rendered.of_kind("ClusterRole")
+
+
+def test_only_the_sensor_account_is_bound_and_only_here(scenario: tuple[Values, Rendered]) -> None:
+    """argo-server runs in client auth mode: it reads events as the caller, so this chart no
+    longer grants argo-server's own account anything."""
+    values, rendered = scenario
+    subjects = [s for b in rendered.of_kind("RoleBinding") for s in b["subjects"]]
+    assert subjects == [
+        {"kind": "ServiceAccount", "name": values["sensorServiceAccount"], "namespace": NAMESPACE}
+    ]
+
+
+# --- NetworkPolicies --------------------------------------------------------------------------
+
+# Pods as the Argo Events controller (v1.9) and Metaflow label them.
+BUS_POD = {"controller": "eventbus-controller", "eventbus-name": "default", "owner-name": "default"}
+WEBHOOK_POD = {
+    "controller": "eventsource-controller",
+    "eventsource-name": "argo-events-webhook",
+    "owner-name": "argo-events-webhook",
+}
+SENSOR_POD = {"controller": "sensor-controller", "sensor-name": "myflow", "owner-name": "myflow"}
+TASK_POD = {"app.kubernetes.io/name": "metaflow-task", "app.kubernetes.io/part-of": "metaflow"}
+SERVICE_POD = {"app.kubernetes.io/name": "metadata-service"}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are modelled"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def isolating(rendered: Rendered, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        p["spec"]
+        for p in rendered.of_kind("NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], labels)
+    ]
+
+
+def admits(
+    rendered: Rendered, *, to: dict[str, str], port: int, src: dict[str, str], same_ns: bool = True
+) -> bool:
+    """NetworkPolicy ingress semantics for one connection: the policies selecting the target
+    pod, any rule whose peer and port match lets it in. A podSelector peer without a
+    namespaceSelector means "pods of the policy's own namespace"."""
+    specs = isolating(rendered, to)
+    assert specs, f"no policy isolates {to}"
+    for spec in specs:
+        for rule in spec.get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            for peer in rule.get("from", []):
+                assert set(peer) == {"podSelector"}, "only same-namespace pod peers are expected"
+                if same_ns and selects(peer["podSelector"], src):
+                    return True
+    return False
+
+
+def test_every_pod_the_controller_makes_here_is_isolated_by_this_chart(defaults: Rendered) -> None:
+    """Each of them is covered even without the metaflow chart's default deny."""
+    for pod in (BUS_POD, WEBHOOK_POD, SENSOR_POD):
+        assert isolating(defaults, pod), pod
+    assert not isolating(defaults, TASK_POD), "step pods are the metaflow chart's business"
+
+
+def test_policies_are_namespaced_by_the_release(defaults: Rendered) -> None:
+    names = defaults.names("NetworkPolicy")
+    assert names == {"eventbus-default", "eventsource-argo-events-webhook", "sensors"}
+    for policy in defaults.of_kind("NetworkPolicy"):
+        assert "namespace" not in policy["metadata"]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+@pytest.mark.parametrize("port", [4222, 6222])
+def test_event_bus_servers_reach_each_other(defaults: Rendered, port: int) -> None:
+    assert admits(defaults, to=BUS_POD, port=port, src=BUS_POD)
+
+
+@pytest.mark.parametrize("client", [WEBHOOK_POD, SENSOR_POD], ids=["eventsource", "sensor"])
+def test_event_sources_and_sensors_are_event_bus_clients(
+    defaults: Rendered, client: dict[str, str]
+) -> None:
+    assert admits(defaults, to=BUS_POD, port=4222, src=client)
+    assert not admits(defaults, to=BUS_POD, port=6222, src=client)
+
+
+@pytest.mark.parametrize("src", [TASK_POD, SERVICE_POD], ids=["task", "other"])
+def test_nobody_else_reaches_the_event_bus(defaults: Rendered, src: dict[str, str]) -> None:
+    for port in (4222, 6222, 8222, 7777):
+        assert not admits(defaults, to=BUS_POD, port=port, src=src)
+
+
+def test_webhook_takes_events_from_metaflow_task_pods_of_this_namespace(
+    defaults: Rendered,
+) -> None:
+    assert admits(defaults, to=WEBHOOK_POD, port=12000, src=TASK_POD)
+    assert not admits(defaults, to=WEBHOOK_POD, port=12000, src=TASK_POD, same_ns=False)
+    assert not admits(defaults, to=WEBHOOK_POD, port=12001, src=TASK_POD)
+
+
+@pytest.mark.parametrize("src", [SENSOR_POD, BUS_POD, SERVICE_POD, {}], ids=str)
+def test_webhook_refuses_every_other_pod(defaults: Rendered, src: dict[str, str]) -> None:
+    assert not admits(defaults, to=WEBHOOK_POD, port=12000, src=src)
+
+
+def test_webhook_policy_follows_the_configured_source_port_and_labels() -> None:
+    rendered = render(CUSTOM)
+    webhook = {"controller": "eventsource-controller", "eventsource-name": "mf-webhook"}
+    ml_task = {"team": "ml", "app.kubernetes.io/name": "metaflow-task"}
+    assert admits(rendered, to=webhook, port=12001, src=ml_task)
+    assert not admits(rendered, to=webhook, port=12001, src=TASK_POD)
+    assert not isolating(rendered, WEBHOOK_POD)
+
+
+def test_webhook_clients_are_the_pods_metaflow_labels_as_tasks() -> None:
+    """Metaflow labels every task pod app.kubernetes.io/name=metaflow-task, under Argo
+    (plugins/argo/argo_workflows.py) and with --with kubernetes (plugins/kubernetes)."""
+    assert effective(None)["webhook"]["clientPodLabels"] == {
+        "app.kubernetes.io/name": "metaflow-task"
+    }
+
+
+def test_sensors_take_no_connections(defaults: Rendered) -> None:
+    [spec] = isolating(defaults, SENSOR_POD)
+    assert "ingress" not in spec
+
+
+@pytest.mark.parametrize("labels", [None, {"app.kubernetes.io/name": ""}], ids=["none", "empty"])
+def test_webhook_without_a_client_selector_is_refused(labels: dict[str, str] | None) -> None:
+    """No selector, or an empty one, would admit every pod of the namespace."""
+    with pytest.raises(helm_python.HelmError):
+        render({"webhook": {"clientPodLabels": labels}})

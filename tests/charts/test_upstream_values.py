@@ -3,7 +3,11 @@
 The upstream charts are not vendored, so these tests check our files on their own. To also
 check every key against the pinned charts, unpack them (`helm pull REPO/CHART --version V
 --untar --untardir DIR` gives DIR/<chart>) into DIR/<chart>-<version>/ and set
-UPSTREAM_CHARTS_DIR=DIR; the last test then renders each chart with our values.
+UPSTREAM_CHARTS_DIR=DIR (.ci/run points it at ../shared/upstream-charts when CI has them):
+the last sections then render each chart with our values and the real Helm engine, and
+check what lands on the cluster: valid objects, no cluster-wide grant, the Argo controllers
+confined to the Metaflow namespace, argo-server asking for a token, network boundaries and
+Pod Security. Without the variable those tests skip.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ import helm_python
 import pytest
 import yaml
 
+from metaflow_gcp import kube_names
 from tests.charts.conftest import (
     ARGO_EVENTS_CHART,
-    METAFLOW_CHART,
     VALUES_DIR,
+    Manifest,
+    Rendered,
     Values,
     load_yaml,
     merged,
+    pod_spec,
     render_chart,
+    schema_problem,
 )
 
 UPSTREAM = ("argo-workflows", "argo-events", "airflow")
@@ -133,43 +141,49 @@ def test_airflow_is_pinned_to_an_airflow_2_release(
 # --- argo-workflows ---------------------------------------------------------------------------
 
 
-def test_argo_controller_is_cluster_wide_and_runs_workflows_in_metaflow(
-    argo_workflows: Values,
+def test_argo_workflows_is_pinned_to_the_release_with_the_cve_fixes(
+    versions: dict[str, dict[str, str]],
 ) -> None:
-    assert argo_workflows["singleNamespace"] is False
-    assert argo_workflows["controller"]["workflowNamespaces"] == ["metaflow"]
+    """v3.7.11 fixes CVE-2025-62156 and CVE-2025-62157 (the 3.6 line does not)."""
+    pin = versions["argo-workflows"]
+    assert (pin["version"], pin["appVersion"]) == ("0.47.5", "v3.7.11")
 
 
-def test_argo_workflows_use_the_metaflow_service_account_without_creating_it(
+def test_argo_controller_and_server_are_confined_to_the_metaflow_namespace(
     argo_workflows: Values,
 ) -> None:
+    managed = f"--managed-namespace={kube_names.METAFLOW_NS}"
+    assert argo_workflows["singleNamespace"] is True
+    assert argo_workflows["controller"]["extraArgs"] == [managed]
+    assert argo_workflows["server"]["extraArgs"] == [managed]
+    assert argo_workflows["controller"]["workflowNamespaces"] == [kube_names.METAFLOW_NS]
+    # Cluster-scoped templates would need a ClusterRole.
+    assert argo_workflows["controller"]["clusterWorkflowTemplates"] == {"enabled": False}
+    assert argo_workflows["server"]["clusterWorkflowTemplates"] == {"enabled": False}
+
+
+def test_argo_workflow_account_is_the_stacks_steps_account(argo_workflows: Values) -> None:
+    """The name carries the stack, so services.py passes it; the file names no account."""
+    from metaflow_gcp import services
+    from metaflow_gcp.config import Settings
+
+    names = Settings(org_prefix="acme", project="p", stack="blue").names()
+    assert services.argo_workflows_set_string(names) == (
+        (("controller", "workflowDefaults", "spec", "serviceAccountName"), "mf-blue-steps"),
+    )
+    assert "serviceAccountName" not in argo_workflows["controller"]["workflowDefaults"]["spec"]
     workflow = argo_workflows["workflow"]
-    assert workflow["serviceAccount"] == {"create": False, "name": "metaflow"}
-    assert workflow["rbac"]["create"] is True
+    assert workflow["serviceAccount"] == {"create": False}
+    # Namespaced, the chart would put the workflow Role into "argo"; charts/metaflow grants it.
+    assert workflow["rbac"] == {"create": False}
 
 
-def test_argo_workflows_run_as_the_metaflow_account_where_metaflow_sets_none(
-    argo_workflows: Values,
-) -> None:
-    """Metaflow names a service account on each step template, not on the Workflow; Argo's
-    agent pod (HTTP templates, i.e. Metaflow's notification exit hooks) runs as the
-    workflow-level account, which would otherwise be `default`. charts/metaflow gives that
-    account the agent's RBAC and its token Secret."""
-    from metaflow_gcp import nextsteps
-
-    metaflow_chart = load_yaml(METAFLOW_CHART / "values.yaml")
-    account = argo_workflows["controller"]["workflowDefaults"]["spec"]["serviceAccountName"]
-    assert account == argo_workflows["workflow"]["serviceAccount"]["name"]
-    assert account == metaflow_chart["serviceAccount"]["name"] == nextsteps.METAFLOW_KSA
-    assert metaflow_chart["argoWorkflows"]["enabled"] is True
-    rendered = render_chart(METAFLOW_CHART, None, release="metaflow", namespace="metaflow")
-    assert f"{account}.service-account-token" in rendered.names("Secret")
-
-
-def test_argo_server_is_a_port_forward_only_ui(argo_workflows: Values) -> None:
+def test_argo_server_asks_every_caller_for_their_own_token(argo_workflows: Values) -> None:
     server = argo_workflows["server"]
     assert server["enabled"] is True
-    assert server["authModes"] == ["server"]
+    assert server["authModes"] == ["client"]
+    assert "authMode" not in server
+    assert "sso" not in server
     assert server["secure"] is False
     assert server["serviceType"] == "ClusterIP"
     assert "ingress" not in server
@@ -188,8 +202,13 @@ def test_argo_cleans_up_finished_workflows(argo_workflows: Values) -> None:
 # --- argo-events ------------------------------------------------------------------------------
 
 
-def test_argo_events_controller_watches_the_whole_cluster(argo_events: Values) -> None:
-    assert argo_events["controller"]["rbac"] == {"enabled": True, "namespaced": False}
+def test_argo_events_controller_manages_the_metaflow_namespace_only(argo_events: Values) -> None:
+    assert argo_events["controller"]["rbac"] == {
+        "enabled": False,
+        "namespaced": True,
+        "managedNamespace": kube_names.METAFLOW_NS,
+    }
+    assert argo_events["controller"]["replicas"] == 1
     assert argo_events["crds"] == {"install": True, "keep": True}
 
 
@@ -199,6 +218,15 @@ def test_argo_events_offers_only_pinned_jetstream_versions(argo_events: Values) 
         for key in ("natsImage", "metricsExporterImage", "configReloaderImage"):
             assert not entry[key].endswith(":latest"), entry[key]
             assert ":" in entry[key], entry[key]
+
+
+def test_argo_events_offers_no_nats_release_with_known_cves(argo_events: Values) -> None:
+    """CVE-2025-30215 is fixed in NATS 2.10.27; NATS Streaming (STAN) is end of life."""
+    for entry in argo_events["configs"]["jetstream"]["versions"]:
+        version = tuple(int(p) for p in entry["version"].split("."))
+        assert version >= (2, 10, 27)
+        assert entry["natsImage"] == f"nats:{entry['version']}"
+    assert argo_events["configs"]["nats"] == {"versions": []}
 
 
 def test_argo_events_offers_the_version_our_event_bus_asks_for(argo_events: Values) -> None:
@@ -327,21 +355,259 @@ def test_values_fit_the_pinned_upstream_chart(
     assert rendered.manifests
 
 
-@pytest.mark.skipif(not os.environ.get("UPSTREAM_CHARTS_DIR"), reason="UPSTREAM_CHARTS_DIR not set")
-def test_the_pinned_argo_chart_hands_the_workflow_account_to_the_controller(
-    versions: dict[str, dict[str, str]],
-) -> None:
-    """controller.workflowDefaults is a free-form map, so the key check above cannot catch a
-    misplaced key: look at what the controller actually reads."""
-    name = "argo-workflows"
-    chart_dir = Path(os.environ["UPSTREAM_CHARTS_DIR"]) / f"{name}-{versions[name]['version']}"
+# --- the pinned Argo charts rendered with our values (UPSTREAM_CHARTS_DIR) --------------------
+
+# One stack's argo-workflows release, with the values services.py passes on the command line.
+STACK_STEPS_KSA = "mf-blue-steps"
+Grant = tuple[str, str, str, str]  # (namespace, api group/resource, verb, resource name or "*")
+
+
+def pinned_chart(name: str, versions: dict[str, dict[str, str]]) -> Path:
+    root = os.environ.get("UPSTREAM_CHARTS_DIR")
+    if not root:
+        pytest.skip("UPSTREAM_CHARTS_DIR not set")
+    chart_dir = Path(root) / f"{name}-{versions[name]['version']}"
     if not chart_dir.is_dir():
         pytest.skip(f"{chart_dir} not unpacked")
-    release, namespace = RELEASES[name]
-    ours: Values = load_yaml(VALUES_DIR / f"{name}.yaml")
-    rendered = render_chart(chart_dir, ours, release=release, namespace=namespace)
+    return chart_dir
+
+
+@pytest.fixture(scope="module")
+def argo_wf(versions: dict[str, dict[str, str]]) -> Rendered:
+    from metaflow_gcp import services
+    from metaflow_gcp.config import Settings
+
+    names = Settings(org_prefix="acme", project="p", stack="blue").names()
+    values: Values = load_yaml(VALUES_DIR / "argo-workflows.yaml")
+    for path, text in services.argo_workflows_set_string(names):
+        node = values
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = text
+    release, namespace = RELEASES["argo-workflows"]
+    chart = pinned_chart("argo-workflows", versions)
+    return render_chart(chart, values, release=release, namespace=namespace)
+
+
+@pytest.fixture(scope="module")
+def argo_ev(versions: dict[str, dict[str, str]]) -> Rendered:
+    release, namespace = RELEASES["argo-events"]
+    chart = pinned_chart("argo-events", versions)
+    return render_chart(
+        chart, load_yaml(VALUES_DIR / "argo-events.yaml"), release=release, namespace=namespace
+    )
+
+
+def deployment(rendered: Rendered, suffix: str) -> Manifest:
+    [found] = [d for d in rendered.of_kind("Deployment") if d["metadata"]["name"].endswith(suffix)]
+    return found
+
+
+def args_of(workload: Manifest) -> list[str]:
+    args: list[str] = pod_spec(workload)["containers"][0]["args"]
+    return args
+
+
+def account_grants(rendered: Rendered, account: str, account_ns: str) -> set[Grant]:
+    """Everything the Roles bound to one service account allow, namespace by namespace."""
+    roles = {
+        (r["metadata"]["namespace"], r["metadata"]["name"]): r for r in rendered.of_kind("Role")
+    }
+    found: set[Grant] = set()
+    for binding in rendered.of_kind("RoleBinding"):
+        subject = {"kind": "ServiceAccount", "name": account, "namespace": account_ns}
+        if subject not in binding["subjects"]:
+            continue
+        assert binding["roleRef"]["kind"] == "Role"
+        ns = binding["metadata"]["namespace"]
+        for rule in roles[(ns, binding["roleRef"]["name"])]["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        for name in rule.get("resourceNames", ["*"]):
+                            found.add((ns, f"{group}/{resource}", verb, name))
+    return found
+
+
+def test_rendered_argo_objects_are_valid_kubernetes(argo_wf: Rendered, argo_ev: Rendered) -> None:
+    for rendered in (argo_wf, argo_ev):
+        problems = [p for m in rendered.manifests if (p := schema_problem(m))]
+        assert problems == []
+
+
+def test_argo_workflows_grants_nothing_cluster_wide(argo_wf: Rendered) -> None:
+    """The only ClusterRoles are the chart's aggregation roles: they extend Kubernetes' own
+    view/edit/admin with the Argo resources and are bound to nobody."""
+    assert argo_wf.of_kind("ClusterRoleBinding") == []
+    for role in argo_wf.of_kind("ClusterRole"):
+        labels = role["metadata"]["labels"]
+        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels)
+    for binding in argo_wf.of_kind("RoleBinding"):
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["metadata"]["namespace"] in (kube_names.ARGO_NS, kube_names.METAFLOW_NS)
+
+
+def test_argo_workflows_controller_and_server_watch_metaflow_only(argo_wf: Rendered) -> None:
+    for suffix in ("-workflow-controller", "-server"):
+        args = args_of(deployment(argo_wf, suffix))
+        assert args.count("--namespaced") == 1
+        managed = [a for a in args if a.startswith("--managed-namespace")]
+        assert managed == [f"--managed-namespace={kube_names.METAFLOW_NS}"]
+
+
+def test_argo_server_takes_only_client_tokens(argo_wf: Rendered) -> None:
+    args = args_of(deployment(argo_wf, "-server"))
+    assert [a for a in args if a.startswith("--auth-mode")] == ["--auth-mode=client"]
+    assert "--secure=false" in args
+    [service] = argo_wf.of_kind("Service")
+    assert service["metadata"]["name"] == kube_names.ARGO_SERVER_SERVICE
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [p["port"] for p in service["spec"]["ports"]] == [kube_names.ARGO_SERVER_PORT]
+    assert not {"Ingress", "HTTPRoute"} & {m["kind"] for m in argo_wf.manifests}
+
+
+def test_argo_workflow_defaults_reach_the_controller_with_the_steps_account(
+    argo_wf: Rendered,
+) -> None:
     [config_map] = [
-        m for m in rendered.of_kind("ConfigMap") if m["metadata"]["name"].endswith("-configmap")
+        m for m in argo_wf.of_kind("ConfigMap") if m["metadata"]["name"].endswith("-configmap")
     ]
-    config = yaml.safe_load(config_map["data"]["config"])
-    assert config["workflowDefaults"]["spec"]["serviceAccountName"] == "metaflow"
+    defaults = yaml.safe_load(config_map["data"]["config"])["workflowDefaults"]["spec"]
+    assert defaults["serviceAccountName"] == STACK_STEPS_KSA
+    assert defaults["podGC"] == {"strategy": "OnWorkflowSuccess"}
+
+
+def test_argo_controller_may_run_workflows_in_metaflow(argo_wf: Rendered) -> None:
+    controller = deployment(argo_wf, "-workflow-controller")
+    grants = account_grants(argo_wf, pod_spec(controller)["serviceAccountName"], "argo")
+    here = {(g, v, n) for ns, g, v, n in grants if ns == kube_names.METAFLOW_NS}
+    for resource in ("pods", "argoproj.io/workflows", "argoproj.io/workflowtasksets"):
+        group_resource = resource if "/" in resource else f"/{resource}"
+        assert {(group_resource, v, "*") for v in ("create", "watch", "patch", "delete")} <= here
+    assert ("/pods/exec", "create", "*") in here  # signals to the emissary executor
+    assert ("argoproj.io/workflowtaskresults", "watch", "*") in here
+    assert ("argoproj.io/cronworkflows", "update", "*") in here
+    assert ("/serviceaccounts", "get", "*") in here  # finds the agent's token Secret name
+    # Secrets: only the agent's optional CA bundle, by name.
+    secrets = {(v, n) for g, v, n in here if g == "/secrets"}
+    assert secrets == {("get", "argo-workflows-agent-ca-certificates")}
+    # Its configuration and leader lease stay at home.
+    home = {(g, v, n) for ns, g, v, n in grants if ns == kube_names.ARGO_NS}
+    assert ("/configmaps", "get", "*") in home
+    assert ("coordination.k8s.io/leases", "update", "workflow-controller") in home
+
+
+def test_argo_server_own_account_reads_its_config_and_the_metaflow_caches(
+    argo_wf: Rendered,
+) -> None:
+    """Client mode: every request runs with the caller's token. The server's own account only
+    loads its ConfigMap and keeps the read caches it answers listings from."""
+    server = deployment(argo_wf, "-server")
+    account = pod_spec(server)["serviceAccountName"]
+    config_map = next(m for m in argo_wf.of_kind("ConfigMap"))["metadata"]["name"]
+    assert account_grants(argo_wf, account, "argo") == {
+        ("argo", "/configmaps", "get", config_map),
+        *(
+            (kube_names.METAFLOW_NS, f"argoproj.io/{r}", v, "*")
+            for r in ("workflows", "workflowtemplates")
+            for v in ("get", "list", "watch")
+        ),
+    }
+
+
+def test_nothing_in_argo_takes_connections(argo_wf: Rendered) -> None:
+    """The UI is reached by port-forward, which NetworkPolicy does not see."""
+    [policy] = argo_wf.of_kind("NetworkPolicy")
+    assert policy["metadata"]["namespace"] == kube_names.ARGO_NS
+    assert policy["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def test_argo_events_grants_nothing_cluster_wide(argo_ev: Rendered) -> None:
+    assert argo_ev.of_kind("ClusterRole") == []
+    assert argo_ev.of_kind("ClusterRoleBinding") == []
+    # The cluster-wide validating webhook is not installed in namespaced mode.
+    assert [d["metadata"]["name"] for d in argo_ev.of_kind("Deployment")] == [
+        "argo-events-controller-manager"
+    ]
+
+
+def test_argo_events_controller_manages_metaflow_only(argo_ev: Rendered) -> None:
+    controller = deployment(argo_ev, "-controller-manager")
+    args = args_of(controller)
+    assert args == [
+        "controller",
+        "--leader-election=false",
+        "--namespaced",
+        "--managed-namespace",
+        kube_names.METAFLOW_NS,
+    ]
+    grants = account_grants(argo_ev, pod_spec(controller)["serviceAccountName"], "argo-events")
+    assert {ns for ns, *_ in grants} == {kube_names.METAFLOW_NS}
+    resources = {g for _, g, _, _ in grants}
+    assert "/pods" not in resources
+    assert "/pods/exec" not in resources
+    assert {"apps/statefulsets", "/persistentvolumeclaims", "/secrets"} <= resources
+
+
+def test_argo_events_controller_role_names_the_plurals_the_crds_register(
+    argo_ev: Rendered,
+) -> None:
+    """A rule naming "eventbuses" grants nothing: the EventBus CRD's plural is "eventbus"."""
+    registered = {
+        crd["spec"]["names"]["plural"] for crd in argo_ev.of_kind("CustomResourceDefinition")
+    }
+    [role] = argo_ev.of_kind("Role")
+    named = {
+        r
+        for rule in role["rules"]
+        if rule["apiGroups"] == ["argoproj.io"]
+        for r in rule["resources"]
+    }
+    assert {r.split("/")[0] for r in named} == registered
+
+
+def test_argo_events_controller_offers_exactly_our_jetstream_images(
+    argo_ev: Rendered, argo_events: Values
+) -> None:
+    [config_map] = argo_ev.of_kind("ConfigMap")
+    config = yaml.safe_load(config_map["data"]["controller-config.yaml"])["eventBus"]
+    assert config["jetstream"]["versions"] == argo_events["configs"]["jetstream"]["versions"]
+    # No "nats" section at all: the controller then refuses every NATS Streaming bus.
+    assert "nats" not in config
+
+
+def test_nothing_in_argo_events_takes_connections(argo_ev: Rendered) -> None:
+    [policy] = argo_ev.of_kind("NetworkPolicy")
+    assert policy["metadata"]["namespace"] == kube_names.ARGO_EVENTS_NS
+    assert policy["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def restricted_problems(workload: Manifest) -> list[str]:
+    """What keeps a pod from Pod Security "restricted" (the checks that apply to these pods)."""
+    pod = pod_spec(workload)
+    pod_ctx = pod.get("securityContext", {})
+    problems = []
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        ctx = {**pod_ctx, **c.get("securityContext", {})}
+        where = f"{workload['metadata']['name']}/{c['name']}"
+        if ctx.get("runAsNonRoot") is not True or ctx.get("runAsUser") == 0:
+            problems.append(f"{where}: may run as root")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: may escalate")
+        if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
+            problems.append(f"{where}: keeps capabilities")
+        if ctx.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: no seccomp profile")
+        if ctx.get("privileged"):
+            problems.append(f"{where}: privileged")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        problems.append(f"{workload['metadata']['name']}: shares a host namespace")
+    if any("hostPath" in v for v in pod.get("volumes", [])):
+        problems.append(f"{workload['metadata']['name']}: mounts a host path")
+    return problems
+
+
+def test_argo_pods_meet_pod_security_restricted(argo_wf: Rendered, argo_ev: Rendered) -> None:
+    workloads = [*argo_wf.of_kind("Deployment"), *argo_ev.of_kind("Deployment")]
+    assert len(workloads) == 3
+    assert [p for w in workloads for p in restricted_problems(w)] == []

@@ -139,6 +139,7 @@ class FakeCluster:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
+        self.stateful_sets: dict[tuple[str, str], dict[str, Any]] = {}  # what controllers made
         self.releases: dict[tuple[str, str], HelmRelease] = {}
         # Google service accounts -> their IAM policy; the project's own policy.
         self.google_accounts: dict[str, dict[str, Any]] = {
@@ -228,7 +229,7 @@ class FakeCluster:
         self.problems.append(f"unexpected gcloud call: {argv}")
         return 2, "", "ERROR: not faked"
 
-    def kubectl(self, argv: list[str]) -> tuple[int, str, str]:  # noqa: PLR0911 - a branch per command
+    def kubectl(self, argv: list[str]) -> tuple[int, str, str]:  # noqa: PLR0911, PLR0912 - a branch per command
         ns = flag(argv, "--namespace")
         words = [a for a in argv[1:] if not a.startswith("--")]
         if words[:2] == ["get", "namespace"]:
@@ -263,6 +264,16 @@ class FakeCluster:
                 missing = f'serviceaccounts "{words[2]}" not found'
                 return 1, "", f"Error from server (NotFound): {missing}"
             return 0, json.dumps(account), ""
+        if words[:2] == ["get", "statefulset"]:
+            stateful_set = self.stateful_sets.get((ns or "default", words[2]))
+            if stateful_set is None:
+                missing = f'statefulsets.apps "{words[2]}" not found'
+                return 1, "", f"Error from server (NotFound): {missing}"
+            return 0, json.dumps(stateful_set), ""
+        if words[:2] == ["delete", "statefulset"]:
+            self.mutations.append(argv)
+            self.stateful_sets.pop((ns or "default", words[2]), None)
+            return 0, f'statefulset.apps "{words[2]}" deleted', ""
         if words[:1] in (["apply"], ["create"]) and argv[-2:] == ["-f", "-"]:
             self.mutations.append(argv)
             return 0, "configured", ""
