@@ -123,6 +123,7 @@ def migration_pod(n: Names) -> dict[str, object]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    as_bitnami_user: dict[str, object] = {**security, "runAsUser": 1001}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -144,7 +145,7 @@ def migration_pod(n: Names) -> dict[str, object]:
                         _env_from("TARGET_URL", CONNECTION_SECRET, CONNECTION_KEY),
                     ],
                     "volumeMounts": [{"name": "data", "mountPath": "/bitnami/postgresql"}],
-                    "securityContext": {**security, "runAsUser": 1001},
+                    "securityContext": as_bitnami_user,
                 }
             ],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": LEGACY_CLAIM}}],
