@@ -132,8 +132,7 @@ def test_the_controller_image_is_the_released_one_not_the_charts_staging_default
 def test_the_controller_is_sized_for_a_handful_of_jobsets(ours: Values) -> None:
     resources = ours["controller"]["resources"]
     assert resources["requests"] == {"cpu": "100m", "memory": "128Mi"}
-    # null deletes the chart's CPU limit (2 cores): throttling a controller helps nobody.
-    assert resources["limits"] == {"cpu": None, "memory": "512Mi"}
+    assert resources["limits"] == {"cpu": "1", "memory": "512Mi"}
 
 
 def test_nothing_needs_cert_manager_or_prometheus(ours: Values) -> None:
@@ -224,7 +223,7 @@ def test_the_controller_runs_the_pinned_image_under_pod_security_restricted(
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["readOnlyRootFilesystem"] is True
     assert context["runAsNonRoot"] is True
-    assert manager["resources"]["limits"] == {"memory": "512Mi"}
+    assert manager["resources"]["limits"] == {"cpu": "1", "memory": "512Mi"}
     assert not spec.get("hostNetwork")
 
 
