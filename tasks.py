@@ -26,6 +26,7 @@ STACK_KEYS = (
     "db_generation_number",
     "deploy_argo",
     "deploy_airflow",
+    "deploy_jobset",
     "db_version",
     "db_tier",
     "node_machine_type",
@@ -123,6 +124,8 @@ SERVICE_FLAGS = {
     "no-argo": "do not install Argo (removes it if installed, after confirming)",
     "airflow": "install Airflow 2.x (default: deploy_airflow, false)",
     "no-airflow": "do not install Airflow (removes it if installed, after confirming)",
+    "jobset": "install the JobSet controller for @parallel (default: deploy_jobset, true)",
+    "no-jobset": "do not install JobSet (removes it if installed, after confirming)",
 }
 
 
@@ -134,12 +137,14 @@ def services_up(
     no_argo: bool = False,
     airflow: bool = False,
     no_airflow: bool = False,
+    jobset: bool = False,
+    no_jobset: bool = False,
     dry_run: bool = False,
     yes: bool = False,
     verbose: bool = False,
     force_unlock: bool = False,
 ) -> None:
-    """Install the Metaflow services on GKE, Argo, and optionally Airflow; print next steps."""
+    """Install the Metaflow services on GKE, Argo, JobSet, optionally Airflow; print next steps."""
     with _boundary(verbose):
         from metaflow_gcp import services
 
@@ -151,6 +156,7 @@ def services_up(
             yes=yes,
             deploy_argo=_switch("argo", argo, no_argo),
             deploy_airflow=_switch("airflow", airflow, no_airflow),
+            deploy_jobset=_switch("jobset", jobset, no_jobset),
         )
         services.up(stack, force_unlock=force_unlock)
 

@@ -127,7 +127,7 @@ def _dag_problem(tree: ast.Module) -> str:
                     return ""
                 uses_sdk = uses_sdk or any(t.startswith("airflow.sdk.") for t in targets)
     if uses_sdk:
-        return "uses the Airflow 3 SDK (airflow.sdk), but this stack runs Airflow 2.10"
+        return "uses the Airflow 3 SDK (airflow.sdk), but this stack runs Airflow 2.11"
     return (
         "imports airflow but defines no DAG (expected a DAG(...) call, `with DAG(...)` "
         "or an @dag-decorated function, with DAG/dag imported from airflow)"

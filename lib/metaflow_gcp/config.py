@@ -32,6 +32,7 @@ class Settings:
     db_generation_number: int = 0  # floor for the generation counter kept in the state file
     deploy_argo: bool = True
     deploy_airflow: bool = False
+    deploy_jobset: bool = True  # JobSet controller for Metaflow's @parallel
     db_version: str = "POSTGRES_16"
     db_tier: str = "db-custom-1-3840"
     node_machine_type: str = "e2-standard-4"
@@ -63,7 +64,7 @@ def _as_postgres(_: re.Match[str]) -> str:
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 REQUIRED: tuple[str, ...] = ("org_prefix", "project")
-_BOOL_SETTINGS = {"deploy_argo", "deploy_airflow"}
+_BOOL_SETTINGS = {"deploy_argo", "deploy_airflow", "deploy_jobset"}
 _INT_SETTINGS = {"db_generation_number", "min_nodes", "max_nodes"}
 
 

@@ -34,9 +34,11 @@ JOBSET_NS = "jobset-system"
 # what depends on a controller goes before the controller, our services last.
 RELEASES: tuple[tuple[str, str], ...] = (
     ("airflow", AIRFLOW_NS),
+    ("metaflow-airflow", AIRFLOW_NS),  # Airflow's DB proxy, KSAs, NetworkPolicies
     ("metaflow-argo-events", METAFLOW_NS),
     ("argo-events", ARGO_EVENTS_NS),
     ("argo-workflows", ARGO_NS),
+    ("metaflow-jobset", JOBSET_NS),  # jobset-system's NetworkPolicies
     ("jobset", JOBSET_NS),
     ("metaflow", METAFLOW_NS),
 )

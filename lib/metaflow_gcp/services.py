@@ -10,13 +10,17 @@ the same time, and one failed release does not stop the others):
     every release -> the legacy workload account retired (its bindings, then the account)
     namespaces argo, metaflow -> release argo-workflows  (writes a Role into metaflow)
     release argo-events + namespace metaflow -> release metaflow-argo-events (needs the CRDs)
-    namespace airflow -> Secrets airflow-webserver-secret, airflow-postgres --+-> release airflow
-    namespace airflow -> ServiceAccount airflow/mf-<stack>-steps (Airflow's step pods) +
+    Airflow's password (Secret Manager) + database -> user airflow ----------+
+    namespace airflow -> Secret airflow-webserver-secret, airflow-db-connection -+-> release airflow
+    Workload Identity (airflow) -> release metaflow-airflow (DB proxy, KSAs) --+
+    release jobset -> release metaflow-jobset (its NetworkPolicy)
     switched off: uninstall metaflow-argo-events -> argo-events; argo-workflows; airflow
-                  -> drop the Workload Identity binding of airflow/mf-<stack>-steps
+                  -> metaflow-airflow -> drop Airflow's Workload Identity; metaflow-jobset, jobset
 
-Airflow's step pods run as airflow/mf-<stack>-steps (Google access, no Kubernetes permissions), not
-as the scheduler's account, which holds the chart's pod-launcher Role (pods/exec included).
+Airflow's database is a second database on the stack's Cloud SQL instance (airflow_db.py),
+reached through the Cloud SQL Auth Proxy of charts/metaflow-airflow. Airflow's step pods run
+as the stack's steps account (Google access, no Kubernetes permissions), not as the
+scheduler's account, which holds the chart's pod-launcher Role (pods/exec included).
 
 Re-runs do not churn: a release that is deployed with the same chart version and the
 same values is left alone, and the DB Secret is only rewritten when Secret Manager has
@@ -35,14 +39,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from metaflow_gcp import kube_names, nextsteps
+from metaflow_gcp import airflow_db, kube_names, nextsteps
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
-from metaflow_gcp.kube_names import Accounts
+from metaflow_gcp.kube_names import JOBSET_NS, Accounts
 from metaflow_gcp.state import Doc, db_generation, now
 
 # Namespaces and names the charts and values files rely on (charts/README.md).
@@ -60,12 +64,8 @@ LEGACY_DB_SECRET_NS = METAFLOW_NS
 LEGACY_KSA = "metaflow"
 AIRFLOW_SECRET = "airflow-webserver-secret"  # noqa: S105 - values/airflow.yaml
 AIRFLOW_SECRET_KEY = "webserver-secret-key"  # noqa: S105
-# The bundled Postgres (Bitnami subchart, postgresql.auth.existingSecret) reads the password
-# key; Airflow (data.metadataSecretName) reads the URL key. Host: the subchart's Service.
-AIRFLOW_DB_SECRET = "airflow-postgres"  # noqa: S105 - values/airflow.yaml
-AIRFLOW_DB_PASSWORD_KEY = "postgres-password"  # noqa: S105
-AIRFLOW_DB_URL_KEY = "connection"
-AIRFLOW_DB_HOST = "airflow-postgresql.airflow"
+# Airflow (data.metadataSecretName) reads its database URL from this Secret.
+AIRFLOW_DB_SECRET = airflow_db.CONNECTION_SECRET
 WI_ANNOTATION = "iam.gke.io/gcp-service-account"
 # Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
 # field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
@@ -78,7 +78,9 @@ ARGO_RELEASES = (
     ("argo-events", ARGO_EVENTS_NS),
     ("argo-workflows", ARGO_NS),
 )
-AIRFLOW_RELEASES = (("airflow", AIRFLOW_NS),)
+# Airflow first: its pods use the proxy and the accounts of metaflow-airflow until they are gone.
+AIRFLOW_RELEASES = (("airflow", AIRFLOW_NS), ("metaflow-airflow", AIRFLOW_NS))
+JOBSET_RELEASES = (("metaflow-jobset", JOBSET_NS), ("jobset", JOBSET_NS))
 # The NATS StatefulSet the Argo Events controller makes for the EventBus ("eventbus-<bus>-js").
 EVENT_BUS_STATEFULSET = f"eventbus-{kube_names.EVENT_BUS}-js"
 
@@ -121,7 +123,7 @@ def load_versions(root: Path) -> dict[str, Upstream]:
     path = root / "values" / "versions.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     pins: dict[str, Upstream] = {}
-    for name in ("argo-workflows", "argo-events", "airflow"):
+    for name in ("argo-workflows", "argo-events", "airflow", "jobset"):
         entry = data.get(name) if isinstance(data, dict) else None
         fields_ = {k: str((entry or {}).get(k) or "").strip() for k in ("repo", "chart", "version")}
         missing = [k for k, v in fields_.items() if not v]
@@ -177,7 +179,7 @@ class Release:
     chart: str  # a local chart's folder, or the upstream chart's name
     chart_name: str
     version: str
-    repo: str = ""  # empty for a local chart
+    repo: str = ""  # empty for a local chart; https:// (a chart repository) or oci:// (a registry)
     values_file: Path | None = None
     set_string: tuple[tuple[ValuePath, str], ...] = ()
     set_bool: tuple[tuple[ValuePath, bool], ...] = ()
@@ -196,8 +198,18 @@ class Release:
     def title(self) -> str:
         return f"release {self.name} ({self.namespace})"
 
+    @property
+    def oci(self) -> bool:
+        return self.repo.startswith("oci://")
+
     def argv(self) -> list[str]:
-        source = [] if self.local else [f"--repo={self.repo}", f"--version={self.version}"]
+        chart = f"{self.repo.rstrip('/')}/{self.chart}" if self.oci else self.chart
+        if self.local:
+            source = []
+        elif self.oci:  # helm takes an OCI chart as one reference; --repo is for index.yaml repos
+            source = [f"--version={self.version}"]
+        else:
+            source = [f"--repo={self.repo}", f"--version={self.version}"]
         values = [f"--values={self.values_file}"] if self.values_file else []
         sets: list[str] = []
         for path, text in self.set_string:
@@ -208,7 +220,7 @@ class Release:
             "upgrade",
             "--install",
             self.name,
-            self.chart,
+            chart,
             *source,
             f"--namespace={self.namespace}",
             "--create-namespace",
@@ -265,10 +277,10 @@ def releases_for(
     accounts = Accounts.of(n)
     charts, values = root / "charts", root / "values"
 
-    def local(name: str, **kwargs: Any) -> Release:
+    def local(name: str, namespace: str = METAFLOW_NS, **kwargs: Any) -> Release:
         chart_dir = charts / name
         chart_name, version = _chart_meta(chart_dir)
-        return Release(name, METAFLOW_NS, str(chart_dir), chart_name, version, **kwargs)
+        return Release(name, namespace, str(chart_dir), chart_name, version, **kwargs)
 
     def upstream(name: str, namespace: str, **kwargs: Any) -> Release:
         pin = pins[name]
@@ -302,10 +314,30 @@ def releases_for(
         upstream("argo-workflows", ARGO_NS, set_string=argo_workflows_set_string(n)),
         upstream("argo-events", ARGO_EVENTS_NS),
         local("metaflow-argo-events"),
+        airflow_side(stack, local, generation),
         # No Google identity for the scheduler: the step pods it launches have their own.
         upstream("airflow", AIRFLOW_NS, timeout_minutes=15),
+        upstream("jobset", JOBSET_NS),
+        local("metaflow-jobset", JOBSET_NS),
     ]
     return {release.name: release for release in found}
+
+
+def airflow_side(stack: Stack, local: Callable[..., Release], generation: int) -> Release:
+    """charts/metaflow-airflow for this stack: the proxy to its instance, its accounts."""
+    n = stack.names
+    accounts = Accounts.of(n)
+    return local(
+        "metaflow-airflow",
+        AIRFLOW_NS,
+        set_string=(
+            (("database", "instanceConnectionName"), n.sql_connection_name(generation)),
+            (("serviceAccounts", "dbProxy", "name"), accounts.airflow_db),
+            (("serviceAccounts", "dbProxy", "gcpServiceAccount"), n.services_sa),
+            (("serviceAccounts", "steps", "name"), accounts.steps),
+            (("serviceAccounts", "steps", "gcpServiceAccount"), n.steps_sa),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -331,6 +363,9 @@ class ServicesRun:
     root: Path
     doc: Doc = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)
+    generation: int = 0  # of the SQL instance, from the state file
+    airflow_database: airflow_db.AirflowDatabase | None = None
+    airflow_legacy_claim: bool = False  # found the bundled Postgres' volume claim
 
     # -- Workload Identity --------------------------------------------------------------
 
@@ -349,9 +384,7 @@ class ServicesRun:
             n.services_sa: [(SERVICES_NS, a.services)],
             n.steps_sa: [(METAFLOW_NS, a.steps)],
         }
-        if self.stack.settings.deploy_airflow:
-            wanted[n.steps_sa].append((AIRFLOW_NS, a.steps))  # Airflow's step pods
-        return wanted
+        return wanted  # Airflow's accounts: airflow_identities
 
     def ensure_workload_identity(self, run: StepRun) -> Outcome:
         """Both Google accounts, each bound to its own KSAs only."""
@@ -365,21 +398,95 @@ class ServicesRun:
         """Earlier versions' single workload account: gone once nothing runs as it."""
         return iam.retire_legacy_account(self.stack.gcloud, self.stack.names, run)
 
-    def prune_workload_identity(self, run: StepRun) -> Outcome:
-        """Airflow is off: its step pods' account no longer needs to act as the workload GSA."""
+    # -- Airflow ---------------------------------------------------------------------------
+
+    def airflow_identities(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """(Google account, its KSAs in the airflow namespace): the DB proxy acts as the
+        services account (Cloud SQL), Airflow's step pods as the steps account."""
+        n, accounts = self.stack.names, Accounts.of(self.stack.names)
+        return [
+            (n.services_sa, [(AIRFLOW_NS, accounts.airflow_db)]),
+            (n.steps_sa, [(AIRFLOW_NS, accounts.steps)]),
+        ]
+
+    def ensure_airflow_identities(self, run: StepRun) -> Outcome:
         g, n = self.stack.gcloud, self.stack.names
-        unwanted = {
-            b.member for b in iam.workload_identity_bindings(n, [(AIRFLOW_NS, self.accounts.steps)])
-        }
-        changed = iam.remove_members(
-            g,
-            ["iam", "service-accounts", "get-iam-policy", n.steps_sa],
-            ["iam", "service-accounts", n.steps_sa],
-            unwanted,
-            run,
-            role=iam.WORKLOAD_IDENTITY_USER,
+        outcomes = [
+            iam.ensure_workload_identity(g, n, gsa, ksas, run)
+            for gsa, ksas in self.airflow_identities()
+        ]
+        return _combined(outcomes)
+
+    def prune_workload_identity(self, run: StepRun) -> Outcome:
+        """Airflow is off: its proxy and step pods no longer act as the stack's accounts."""
+        g, n = self.stack.gcloud, self.stack.names
+        outcomes = [
+            iam.prune_workload_identity(g, n, gsa, ksas, run)
+            for gsa, ksas in self.airflow_identities()
+        ]
+        return Outcome.DELETED if Outcome.DELETED in outcomes else Outcome.KEPT
+
+    def airflow_database_of_run(self) -> airflow_db.AirflowDatabase:
+        if self.airflow_database is None:
+            n = self.stack.names
+            self.airflow_database = airflow_db.AirflowDatabase(
+                self.stack.gcloud, n, n.sql_instance(self.generation)
+            )
+        return self.airflow_database
+
+    def airflow_connection_current(self) -> bool:
+        """The connection Secret names the current password version and this instance."""
+        db = self.airflow_database_of_run()
+        version = airflow_db.secret_version(self.stack.gcloud, self.stack.names)
+        if not version:
+            return False
+        made_from = self.secret_annotation(
+            AIRFLOW_NS, AIRFLOW_DB_SECRET, airflow_db.VERSION_ANNOTATION
         )
-        return Outcome.DELETED if changed else Outcome.KEPT
+        made_for = self.secret_annotation(
+            AIRFLOW_NS, AIRFLOW_DB_SECRET, airflow_db.INSTANCE_ANNOTATION
+        )
+        return made_from == version and made_for == db.instance
+
+    def ensure_airflow_user(self, run: StepRun) -> Outcome:
+        """Database user airflow with the password of Secret Manager (Cloud SQL takes one
+        operation per instance at a time, so this runs after the database step)."""
+        db = self.airflow_database_of_run()
+        return db.ensure_user(run, password_known_set=self.airflow_connection_current())
+
+    def ensure_airflow_connection(self, run: StepRun) -> Outcome:
+        """Secret airflow-db-connection: the URL with the password, built in memory and
+        handed to kubectl on stdin; rewritten only when the password or instance changed."""
+        db = self.airflow_database_of_run()
+        if self.airflow_connection_current():
+            return Outcome.KEPT
+        exists = self.secret_exists(AIRFLOW_NS, AIRFLOW_DB_SECRET)
+        run.before_change(f"{'update' if exists else 'create'} Secret {AIRFLOW_DB_SECRET}")
+        password = db.password()
+        version = airflow_db.secret_version(self.stack.gcloud, self.stack.names)
+        annotations = {airflow_db.INSTANCE_ANNOTATION: db.instance}
+        if version:
+            annotations[airflow_db.VERSION_ANNOTATION] = version
+        self.kubectl.apply_stdin(
+            secret_manifest(
+                AIRFLOW_DB_SECRET,
+                AIRFLOW_NS,
+                {airflow_db.CONNECTION_KEY: airflow_db.connection_url(self.stack.names, password)},
+                annotations=annotations,
+            ),
+            namespace=AIRFLOW_NS,
+        )
+        return Outcome.UPDATED if exists else Outcome.CREATED
+
+    def find_airflow_legacy_claim(self, run: StepRun) -> Outcome:
+        """The bundled Postgres' volume claim of earlier versions: kept, never deleted."""
+        found = self.kubectl.get(
+            "persistentvolumeclaim", airflow_db.LEGACY_CLAIM, namespace=AIRFLOW_NS
+        )
+        self.airflow_legacy_claim = found is not None
+        if found is not None:
+            run.note(f"kept {airflow_db.LEGACY_CLAIM}: its history was not moved (see below)")
+        return Outcome.KEPT
 
     # -- namespaces and Secrets ----------------------------------------------------------
 
@@ -519,36 +626,9 @@ class ServicesRun:
         self.kubectl.run("delete", kind, name, "--ignore-not-found", namespace=namespace)
 
     def ensure_airflow_secrets(self, run: StepRun) -> Outcome:
-        """Airflow's two random Secrets, each made once and never replaced.
-
-        The webserver session key (logins survive upgrades), and the password of the bundled
-        Postgres together with the connection URL built from it: one Secret read by both the
-        Postgres subchart and Airflow, so the two can never disagree. Postgres takes its
-        password only when it first initialises its volume, so replacing it later would lock
-        Airflow out.
-        """
-        made = [
-            self._create_secret_once(AIRFLOW_NS, AIRFLOW_SECRET, _webserver_key, run),
-            self._create_secret_once(AIRFLOW_NS, AIRFLOW_DB_SECRET, _airflow_db_secret, run),
-        ]
-        return Outcome.CREATED if any(made) else Outcome.KEPT
-
-    def ensure_airflow_jobs_account(self, run: StepRun) -> Outcome:
-        """ServiceAccount airflow/metaflow for the step pods: the Workload Identity annotation
-        and nothing else (no Role binds it). Applied only when missing or pointing elsewhere."""
-        gsa, name = self.stack.names.steps_sa, self.accounts.steps
-        current = self.kubectl.get("serviceaccount", name, namespace=AIRFLOW_NS)
-        metadata = current.get("metadata") if current else None
-        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-        if isinstance(annotations, dict) and annotations.get(WI_ANNOTATION) == gsa:
-            return Outcome.KEPT
-        verb = "update" if current is not None else "create"
-        run.before_change(f"{verb} ServiceAccount {name}")
-        self.kubectl.apply_stdin(
-            service_account_manifest(name, AIRFLOW_NS, {WI_ANNOTATION: gsa}),
-            namespace=AIRFLOW_NS,
-        )
-        return Outcome.UPDATED if current is not None else Outcome.CREATED
+        """The webserver session key, made once and never replaced (logins survive upgrades)."""
+        made = self._create_secret_once(AIRFLOW_NS, AIRFLOW_SECRET, _webserver_key, run)
+        return Outcome.CREATED if made else Outcome.KEPT
 
     def _create_secret_once(
         self,
@@ -705,14 +785,6 @@ def _webserver_key(register: Callable[[str], None]) -> dict[str, str]:
     return {AIRFLOW_SECRET_KEY: key}
 
 
-def _airflow_db_secret(register: Callable[[str], None]) -> dict[str, str]:
-    """Hex only, so the password needs no escaping inside the URL."""
-    password = random_source.token_hex(24)
-    register(password)
-    url = f"postgresql://postgres:{password}@{AIRFLOW_DB_HOST}:5432/postgres?sslmode=disable"
-    return {AIRFLOW_DB_PASSWORD_KEY: password, AIRFLOW_DB_URL_KEY: url}
-
-
 def _stuck_message(context: str, release: Release, status: str) -> str:
     helm = f"helm --kube-context={context}"
     if status == "pending-install":
@@ -788,31 +860,21 @@ def build_steps(
             ),
         ]
     if s.deploy_airflow:
+        steps += airflow_steps(stack, run, release_step)
+    if s.deploy_jobset:
         steps += [
-            Step(
-                "ns:airflow",
-                f"namespace {AIRFLOW_NS}",
-                lambda r: run.ensure_namespace(AIRFLOW_NS, r),
-            ),
-            Step(
-                "secret:airflow",
-                f"Secrets {AIRFLOW_NS}/{AIRFLOW_SECRET}, {AIRFLOW_DB_SECRET}",
-                run.ensure_airflow_secrets,
-                ("ns:airflow",),
-            ),
-            Step(
-                "ksa:airflow",
-                f"ServiceAccount {AIRFLOW_NS}/{run.accounts.steps} (Airflow's step pods)",
-                run.ensure_airflow_jobs_account,
-                ("ns:airflow",),
-            ),
-            release_step("airflow", ("secret:airflow", "ksa:airflow")),
+            namespace_step(JOBSET_NS),
+            release_step("jobset", (f"ns:{JOBSET_NS}",)),
+            # Its NetworkPolicy selects the controller's pods; the namespace comes with jobset.
+            release_step("metaflow-jobset", ("release:jobset",)),
         ]
     removed: set[str] = set()
     for installed in removals:
         needs: tuple[str, ...] = ()
         if installed.name == "argo-events" and "metaflow-argo-events" in removed:
             needs = ("remove:metaflow-argo-events",)  # its objects first, while the controller runs
+        if installed.name == "metaflow-airflow" and "airflow" in removed:
+            needs = ("remove:airflow",)  # Airflow's pods use the proxy until they are gone
         steps.append(
             Step(
                 f"remove:{installed.name}",
@@ -823,12 +885,12 @@ def build_steps(
         )
         removed.add(installed.name)
     if not s.deploy_airflow:
-        # After the uninstall, so Airflow's steps keep their identity until they are gone.
-        needs = ("wi", "remove:airflow") if "airflow" in removed else ("wi",)
+        # After the uninstall, so Airflow's pods keep their identity until they are gone.
+        needs = tuple(f"remove:{name}" for name, _ in AIRFLOW_RELEASES if name in removed)
         steps.append(
             Step(
                 "wi:prune",
-                f"Workload Identity ({AIRFLOW_NS}/{run.accounts.steps} not needed)",
+                f"Workload Identity ({AIRFLOW_NS} accounts not needed)",
                 run.prune_workload_identity,
                 needs,
             )
@@ -857,6 +919,54 @@ def namespace_step_of(run: ServicesRun, name: str) -> Step:
         f"namespace {name} (Pod Security: enforce {enforce})",
         lambda r: run.ensure_namespace(name, r),
     )
+
+
+def airflow_steps(
+    stack: Stack, run: ServicesRun, release_step: Callable[[str, tuple[str, ...]], Step]
+) -> list[Step]:
+    """Airflow's database on Cloud SQL, its Secrets, identities, proxy, then Airflow itself."""
+    n = stack.names
+    ksas = ", ".join(ksa for _, pairs in run.airflow_identities() for _, ksa in pairs)
+    db = run.airflow_database_of_run
+
+    return [
+        namespace_step_of(run, AIRFLOW_NS),
+        Step("airflow:password", f"secret {n.airflow_db_secret}", lambda r: db().ensure_secret(r)),
+        Step(
+            "airflow:database",
+            f"database {n.airflow_database} on {n.sql_instance(run.generation)}",
+            lambda r: db().ensure_database(r),
+        ),
+        Step(
+            "airflow:user",
+            f"database user {n.airflow_db_user}",
+            run.ensure_airflow_user,
+            ("airflow:database", "airflow:password"),
+        ),
+        Step(
+            "secret:airflow",
+            f"Secret {AIRFLOW_NS}/{AIRFLOW_SECRET}",
+            run.ensure_airflow_secrets,
+            ("ns:airflow",),
+        ),
+        Step(
+            "secret:airflow-db",
+            f"Secret {AIRFLOW_NS}/{AIRFLOW_DB_SECRET}",
+            run.ensure_airflow_connection,
+            ("ns:airflow", "airflow:user"),
+        ),
+        Step("wi:airflow", f"Workload Identity ({ksas})", run.ensure_airflow_identities),
+        release_step("metaflow-airflow", ("ns:airflow", "wi:airflow")),
+        release_step(
+            "airflow", ("secret:airflow", "secret:airflow-db", "release:metaflow-airflow")
+        ),
+        Step(
+            "airflow:legacy",
+            f"volume claim {AIRFLOW_NS}/{airflow_db.LEGACY_CLAIM} (kept)",
+            run.find_airflow_legacy_claim,
+            ("ns:airflow",),
+        ),
+    ]
 
 
 def _uninstall_action(run: ServicesRun, installed: Installed) -> Callable[[StepRun], Outcome]:
@@ -912,7 +1022,7 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
         run.doc = dict(stack.state.last.data) if stack.state.last else {}
         if not stack.dry_run:
             _check_infra(stack, run.doc)
-        generation = db_generation(run.doc, stack.settings.db_generation_number)
+        generation = run.generation = db_generation(run.doc, stack.settings.db_generation_number)
         releases = releases_for(stack, root, pins, generation)
         run.checksums = {
             r.name: chart_checksum(Path(r.chart)) for r in releases.values() if r.local
@@ -937,6 +1047,11 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
         nextsteps.print_next_steps(stack, written)
         return report
     _summarise(stack, report)
+    if run.airflow_legacy_claim:
+        for line in airflow_db.legacy_notice(stack.names):
+            console.print(
+                f"[yellow]![/] {line}" if not line.startswith(" ") else line, soft_wrap=True
+            )
     written = nextsteps.write_profiles(profiles, stack=stack.names.stack)
     nextsteps.print_next_steps(stack, written)
     return report
@@ -949,6 +1064,8 @@ def switched_off(stack: Stack, helm: Helm) -> list[Installed]:
         off += ARGO_RELEASES
     if not stack.settings.deploy_airflow:
         off += AIRFLOW_RELEASES
+    if not stack.settings.deploy_jobset:
+        off += JOBSET_RELEASES
     if not off:
         return []
     listed = {(r.get("name"), r.get("namespace")): r for r in helm.releases(every_state=True)}
@@ -975,7 +1092,11 @@ def confirm_removal(stack: Stack, removals: list[Installed]) -> None:
         return
     keep = " or ".join(
         flag
-        for flag, names in (("--argo", ARGO_RELEASES), ("--airflow", AIRFLOW_RELEASES))
+        for flag, names in (
+            ("--argo", ARGO_RELEASES),
+            ("--airflow", AIRFLOW_RELEASES),
+            ("--jobset", JOBSET_RELEASES),
+        )
         if any(item.name == name for item in removals for name, _ in names)
     )
     if not stack.interactive():
@@ -1047,6 +1168,7 @@ def _save(stack: Stack, run: ServicesRun, report: Report | None) -> None:
             doc["services"] = {
                 "argo": stack.settings.deploy_argo,
                 "airflow": stack.settings.deploy_airflow,
+                "jobset": stack.settings.deploy_jobset,
                 "ok": report.ok,
                 "at": now(),
                 "steps": {

@@ -82,6 +82,7 @@ def test_values_directory_holds_exactly_the_expected_files() -> None:
         "airflow.yaml",
         "argo-events.yaml",
         "argo-workflows.yaml",
+        "jobset.yaml",
         "versions.yaml",
     ]
 
@@ -112,8 +113,8 @@ def test_values_file_holds_no_secret_material(path: Path) -> None:
 def test_versions_pin_every_upstream_chart_to_an_exact_version(
     versions: dict[str, dict[str, str]],
 ) -> None:
-    assert set(versions) == set(UPSTREAM)
-    for name, pin in versions.items():
+    assert set(versions) == {*UPSTREAM, "jobset"}  # jobset: tests/charts/test_jobset_values.py
+    for name, pin in ((name, versions[name]) for name in UPSTREAM):
         assert pin["repo"].startswith("https://"), name
         assert pin["chart"] == name
         assert isinstance(pin["version"], str), f"{name}: quote the version"
@@ -280,16 +281,6 @@ def test_airflow_webserver_key_comes_from_a_secret(airflow: Values) -> None:
     assert "fernetKey" not in airflow
 
 
-def test_airflow_database_password_is_ours_and_comes_from_one_secret(airflow: Values) -> None:
-    """The bundled Postgres and Airflow read the same Secret that services.up creates with a
-    random password, so neither the chart default nor any password is in the values."""
-    from metaflow_gcp import services
-
-    assert airflow["postgresql"]["auth"] == {"existingSecret": services.AIRFLOW_DB_SECRET}
-    assert airflow["data"] == {"metadataSecretName": services.AIRFLOW_DB_SECRET}
-    assert services.AIRFLOW_DB_HOST.startswith("airflow-postgresql.")  # release "airflow"
-
-
 def test_airflow_creates_no_default_admin_with_a_chart_password(airflow: Values) -> None:
     user = airflow["webserver"]["defaultUser"]
     assert user["enabled"] is False
@@ -299,12 +290,6 @@ def test_airflow_creates_no_default_admin_with_a_chart_password(airflow: Values)
 def test_airflow_migrations_do_not_deadlock_helm_wait(airflow: Values) -> None:
     assert airflow["migrateDatabaseJob"]["useHelmHooks"] is False
     assert airflow["createUserJob"]["useHelmHooks"] is False
-
-
-def test_airflow_bundled_postgres_image_is_pinned_and_still_published(airflow: Values) -> None:
-    image = airflow["postgresql"]["image"]
-    assert image["repository"] == "bitnamilegacy/postgresql"
-    assert EXACT_VERSION.match(image["tag"].split("-")[0])
 
 
 # --- optional: against the real upstream charts -----------------------------------------------

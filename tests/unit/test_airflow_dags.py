@@ -276,7 +276,7 @@ class TestCheckDagFile:
 
     def test_an_airflow_3_sdk_dag_is_refused_with_the_reason(self, tmp_path: Path) -> None:
         path = write(tmp_path, "af3.py", "from airflow.sdk import DAG\nd = DAG('a')\n")
-        with pytest.raises(StackError, match=r"Airflow 3 SDK.*Airflow 2\.10"):
+        with pytest.raises(StackError, match=r"Airflow 3 SDK.*Airflow 2\.11"):
             check_dag_file(path)
 
     def test_the_file_is_never_run(self, tmp_path: Path) -> None:

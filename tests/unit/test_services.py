@@ -42,7 +42,6 @@ POOL = "acme-ml-prod.svc.id.goog"
 PASSWORD = "Zq7-db-pa55word-nobody-guesses"
 SECRET_V3 = "projects/123456/secrets/mf-dev-db-password/versions/3"
 PINS = yaml.safe_load((ROOT / "values" / "versions.yaml").read_text())
-AIRFLOW_SECRETS = ("airflow-webserver-secret", "airflow-postgres")
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,11 +467,18 @@ class Up:
         self.last: Run | None = None
 
     def __call__(
-        self, *, argo: bool = True, airflow: bool = False, yes: bool = False, **kw: Any
+        self,
+        *,
+        argo: bool = True,
+        airflow: bool = False,
+        jobset: bool = False,
+        yes: bool = False,
+        **kw: Any,
     ) -> Run:
+        """Airflow and JobSet: tests/unit/test_airflow_services.py."""
         out = StringIO()
         stack = open_stack(
-            {**SETTINGS, "deploy_argo": argo, "deploy_airflow": airflow},
+            {**SETTINGS, "deploy_argo": argo, "deploy_airflow": airflow, "deploy_jobset": jobset},
             yes=yes,
             env=self.tools,
             console=Console(file=out, width=400, color_system=None),
@@ -539,7 +545,7 @@ def test_a_first_run_binds_identity_then_secret_then_metaflow_then_argo_then_eve
 
 
 def test_every_kubectl_and_helm_call_names_the_stack_context(cluster: FakeCluster, up: Up) -> None:
-    run = up(argo=True, airflow=True)
+    run = up(argo=True)
 
     for argv in run.argvs():
         if argv[0] == "kubectl":
@@ -551,9 +557,9 @@ def test_every_kubectl_and_helm_call_names_the_stack_context(cluster: FakeCluste
 def test_upstream_charts_come_from_the_pinned_repo_and_version_with_their_values_file(
     cluster: FakeCluster, up: Up
 ) -> None:
-    run = up(argo=True, airflow=True)
+    run = up(argo=True)
 
-    for name in ("argo-workflows", "argo-events", "airflow"):
+    for name in ("argo-workflows", "argo-events"):
         argv = helm_upgrade(run, name)
         assert argv[5] == PINS[name]["chart"]
         assert flag(argv, "--repo") == PINS[name]["repo"]
@@ -627,11 +633,11 @@ def test_the_db_password_travels_only_on_stdin_of_kubectl_apply(
 def test_a_second_run_against_the_same_cluster_changes_nothing(
     cluster: FakeCluster, up: Up
 ) -> None:
-    up(argo=True, airflow=True)
+    up(argo=True)
     before = len(cluster.mutations)
     revisions = {k: r.revision for k, r in cluster.releases.items()}
 
-    again = up(argo=True, airflow=True)
+    again = up(argo=True)
 
     assert again.mutating() == []
     assert len(cluster.mutations) == before
@@ -849,7 +855,7 @@ def test_the_failure_summary_is_one_line_per_failed_release(
     cluster.fail = {"argo-events"}
     out = StringIO()
     stack = open_stack(
-        {**SETTINGS, "deploy_argo": True},
+        {**SETTINGS, "deploy_argo": True, "deploy_jobset": False},
         env=tools,
         console=Console(file=out, width=400, color_system=None),
     )
@@ -928,86 +934,6 @@ def test_a_stack_without_infra_is_refused_and_the_lock_released(
 # Switching components on and off
 
 
-def test_no_argo_with_airflow_installs_metaflow_and_airflow_only(
-    cluster: FakeCluster, up: Up
-) -> None:
-    run = up(argo=False, airflow=True)
-
-    assert cluster.release_names() == {"metaflow", "airflow"}
-    assert "argoWorkflows.enabled=false" in helm_upgrade(run, "metaflow")
-    airflow = helm_upgrade(run, "airflow")
-    assert flag(airflow, "--namespace") == "airflow" and flag(airflow, "--timeout") == "15m"
-    assert cluster.wi_members(STEPS_GSA) == {
-        f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]",
-        f"serviceAccount:{POOL}[airflow/{STEPS_KSA}]",
-    }
-    assert "networkPolicy.allowAirflow=true" in helm_upgrade(run, "metaflow")
-    secret = cluster.secrets[("airflow", "airflow-webserver-secret")]
-    key = base64.b64decode(secret["data"]["webserver-secret-key"]).decode()
-    assert re.fullmatch(r"[0-9a-f]{64}", key)
-    database = cluster.secrets[("airflow", "airflow-postgres")]["data"]
-    password = base64.b64decode(database["postgres-password"]).decode()
-    assert re.fullmatch(r"[0-9a-f]{48}", password) and password != key
-    assert base64.b64decode(database["connection"]).decode() == (
-        f"postgresql://postgres:{password}@airflow-postgresql.airflow:5432/postgres?sslmode=disable"
-    )
-    for value in (key, password):
-        assert not any(value in a for argv in run.argvs() for a in argv)
-        assert value not in run.output
-    assert run.applied("Namespace", "airflow") < run.index("create", "-f", "-")
-    assert run.index("create", "-f", "-") < run.index("upgrade", "--install", "airflow")
-    assert not any("argo" in argv[4] for argv in run.argvs() if "--install" in argv)
-
-
-def test_airflow_step_pods_get_their_own_account_with_google_access_and_no_rbac(
-    cluster: FakeCluster, up: Up
-) -> None:
-    """Step pods used to run as airflow-scheduler, whose pod-launcher Role (pods/exec among it)
-    would let flow code exec into the scheduler. Now they run as the stack's steps account in
-    airflow: the Workload Identity annotation and binding, no Role, and the scheduler has no
-    Google identity."""
-    run = up(argo=False, airflow=True)
-
-    account = cluster.service_accounts[("airflow", STEPS_KSA)]
-    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": STEPS_GSA}
-    assert set(account) == {"apiVersion", "kind", "metadata"}
-    assert f"serviceAccount:{POOL}[airflow/{STEPS_KSA}]" in cluster.wi_members(STEPS_GSA)
-    members = cluster.wi_members(STEPS_GSA) | cluster.wi_members(SERVICES_GSA)
-    assert f"serviceAccount:{POOL}[airflow/airflow-scheduler]" not in members
-    applied = [json.loads(stdin)["kind"] for _, stdin in run.calls if stdin]
-    assert "ServiceAccount" in applied
-    assert set(applied) <= {"Namespace", "Secret", "ServiceAccount"}  # no Role, no RoleBinding
-    # Applied on stdin, server-side, after its namespace and before the release that uses it.
-    sa_apply = next(
-        i
-        for i, (_, stdin) in enumerate(run.calls)
-        if stdin and json.loads(stdin)["kind"] == "ServiceAccount"
-    )
-    assert run.argvs()[sa_apply][2:5] == ["--namespace=airflow", "apply", "--server-side"]
-    assert run.applied("Namespace", "airflow") < sa_apply
-    assert sa_apply < run.index("upgrade", "--install", "airflow")
-    airflow = helm_upgrade(run, "airflow")
-    assert "--set-string" not in airflow and "--set" not in airflow
-    values = cluster.releases[("airflow", "airflow")].values
-    assert "annotations" not in values["scheduler"]["serviceAccount"]
-    config = json.loads((services.nextsteps.config_home() / "config.json").read_text())
-    assert config["METAFLOW_KUBERNETES_NAMESPACE"] == "airflow"
-    assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] == STEPS_KSA
-
-
-def test_an_airflow_step_account_without_the_right_annotation_is_corrected(
-    cluster: FakeCluster, up: Up
-) -> None:
-    up(argo=False, airflow=True)
-    cluster.service_accounts[("airflow", STEPS_KSA)]["metadata"]["annotations"] = {}
-
-    again = up(argo=False, airflow=True)
-
-    assert [m.split(" ")[3] for m in again.mutating()] == ["apply"]
-    account = cluster.service_accounts[("airflow", STEPS_KSA)]
-    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": STEPS_GSA}
-
-
 def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up) -> None:
     run = up(argo=True, airflow=False)
 
@@ -1015,72 +941,6 @@ def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up
     assert "airflow" not in cluster.namespaces
     assert not any("airflow" in m for m in cluster.wi_members(STEPS_GSA))
     assert not any(a.startswith("--namespace=airflow") for argv in run.argvs() for a in argv)
-
-
-def test_the_airflow_secrets_are_made_once_and_never_replaced(cluster: FakeCluster, up: Up) -> None:
-    """Postgres only takes its password when it first initialises its volume."""
-    up(argo=False, airflow=True)
-    first = {name: cluster.secrets[("airflow", name)] for name in AIRFLOW_SECRETS}
-
-    up(argo=False, airflow=True)
-
-    assert {name: cluster.secrets[("airflow", name)] for name in AIRFLOW_SECRETS} == first
-    assert all(cluster.secrets[("airflow", name)] is first[name] for name in AIRFLOW_SECRETS)
-
-
-def test_a_lost_airflow_secret_is_made_again_and_the_other_kept(
-    cluster: FakeCluster, up: Up
-) -> None:
-    up(argo=False, airflow=True)
-    kept = cluster.secrets[("airflow", "airflow-postgres")]
-    del cluster.secrets[("airflow", "airflow-webserver-secret")]
-
-    up(argo=False, airflow=True)
-
-    assert ("airflow", "airflow-webserver-secret") in cluster.secrets
-    assert cluster.secrets[("airflow", "airflow-postgres")] is kept
-
-
-def test_switching_airflow_off_asks_then_uninstalls_only_airflow(
-    cluster: FakeCluster, up: Up, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    up(argo=True, airflow=True)
-    cluster.mutations.clear()
-    asked: list[str] = []
-
-    def answer(stack: Stack, question: str) -> bool:
-        asked.append(question)
-        return True
-
-    monkeypatch.setattr(services, "_confirm", answer)
-    run = up(argo=True, airflow=False, interactive=lambda: True)
-
-    assert asked == ["Uninstall them?"]
-    assert "- airflow (namespace airflow, deployed)" in run.output
-    uninstalls = [m for m in cluster.mutations if "uninstall" in m]
-    assert uninstalls == [
-        [
-            "helm",
-            f"--kube-context={CONTEXT}",
-            "uninstall",
-            "airflow",
-            "--namespace=airflow",
-            "--timeout=5m",
-        ]
-    ]
-    assert cluster.release_names() == {
-        "metaflow",
-        "argo-workflows",
-        "argo-events",
-        "metaflow-argo-events",
-    }
-    assert cluster.wi_members(STEPS_GSA) == {f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]"}
-    # Only metaflow changes: its policy no longer lets the airflow namespace in.
-    assert [m[4] for m in cluster.mutations if "upgrade" in m] == ["metaflow"]
-    assert cluster.releases[("metaflow", "metaflow")].values["networkPolicy"] == {
-        "allowAirflow": False
-    }
-    assert run.index("uninstall", "airflow") < run.index("set-iam-policy", STEPS_GSA)
 
 
 def test_switching_argo_off_removes_the_event_objects_before_argo_events(
@@ -1110,30 +970,30 @@ def test_a_release_uninstalled_with_kept_history_counts_as_absent(
 def test_switching_off_without_a_terminal_or_yes_refuses_in_one_line(
     cluster: FakeCluster, up: Up, state: FakeState
 ) -> None:
-    up(argo=True, airflow=True)
+    up(argo=True)
     cluster.mutations.clear()
     writes = state.writes
 
     with pytest.raises(StackError) as refused:
-        up(argo=True, airflow=False, interactive=lambda: False)
+        up(argo=False, interactive=lambda: False)
 
     assert str(refused.value) == (
-        "services.up would uninstall airflow; nothing was changed. Fix: pass --yes to confirm, "
-        "or --airflow to keep them"
+        "services.up would uninstall metaflow-argo-events, argo-events, argo-workflows; nothing "
+        "was changed. Fix: pass --yes to confirm, or --argo to keep them"
     )
     assert cluster.mutations == [] and state.writes == writes
-    assert "airflow" in cluster.release_names()
+    assert "argo-workflows" in cluster.release_names()
 
 
 def test_declining_the_removal_changes_nothing(
     cluster: FakeCluster, up: Up, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    up(argo=True, airflow=True)
+    up(argo=True)
     cluster.mutations.clear()
     monkeypatch.setattr(services, "_confirm", lambda stack, question: False)
 
     with pytest.raises(StackError, match="not confirmed"):
-        up(argo=True, airflow=False, interactive=lambda: True)
+        up(argo=False, interactive=lambda: True)
 
     assert cluster.mutations == []
 
@@ -1157,7 +1017,7 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
     monkeypatch.setattr("sys.stdin", NoStdin())
     out = StringIO()
     stack = open_stack(
-        {**SETTINGS, "deploy_argo": True, "deploy_airflow": False},
+        {**SETTINGS, "deploy_argo": True, "deploy_airflow": False, "deploy_jobset": False},
         dry_run=True,
         env={"PATH": str(tmp_path / "nothing-here")},
         console=Console(file=out, width=500, color_system=None),
@@ -1186,31 +1046,6 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
     assert not any("airflow" in line for line in lines)
     assert "would write" in out.getvalue()
     assert not (tmp_path / "metaflowconfig").exists()
-
-
-def test_dry_run_with_airflow_prints_the_step_account_before_the_airflow_release(
-    fp: FakeProcess, tmp_path: Path
-) -> None:
-    out = StringIO()
-    stack = open_stack(
-        {**SETTINGS, "deploy_argo": False, "deploy_airflow": True},
-        dry_run=True,
-        env={"PATH": str(tmp_path / "nothing-here")},
-        console=Console(file=out, width=500, color_system=None),
-    )
-
-    services.up(stack)
-
-    assert len(fp.calls) == 0
-    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("$")]
-    order = [
-        "get namespace airflow",
-        "--namespace=airflow apply --server-side",
-        "upgrade --install airflow ",
-    ]
-    positions = [next(i for i, line in enumerate(lines) if part in line) for part in order]
-    assert positions == sorted(positions)
-    assert not any("--set-string" in line for line in lines if "install airflow " in line)
 
 
 # ---------------------------------------------------------------------------------------
