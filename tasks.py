@@ -32,6 +32,7 @@ STACK_KEYS = (
     "min_nodes",
     "max_nodes",
     "subnet_range",
+    "authorized_networks",
 )
 
 COMMON = {
