@@ -420,7 +420,7 @@ def test_a_broken_resource_that_once_worked_is_never_replaced_without_the_users_
     with fake_cloud.api.lock:
         fake_cloud.api.state["clusters"][f"{ZONE}/{CLUSTER}"]["status"] = "ERROR"
     again = make_stack(fake_cloud)
-    with pytest.raises(StackError, match="infra.up stopped at 'GKE cluster mf-it'"):
+    with pytest.raises(StackError, match=r"infra\.up stopped at 'GKE cluster mf-it'"):
         infra.up(again)
     assert "not replaced automatically" in output(again)
     assert fake_cloud.requests.of_kind("container.clusters.delete") == []

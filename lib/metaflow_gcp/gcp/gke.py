@@ -301,9 +301,9 @@ def _replace(gcloud: Gcloud, n: Names, run: StepRun, found: dict[str, Any]) -> N
 def delete_cluster(gcloud: Gcloud, n: Names, run: StepRun) -> None:
     """Delete (or keep waiting for a delete already under way) until the cluster is gone."""
     found = describe(gcloud, n)
-    if found is None:
+    if found is None and not gcloud.dry_run:
         return
-    if found.get("status") != "STOPPING":
+    if (found or {}).get("status") != "STOPPING":
         gcloud.mutate(
             "container",
             "clusters",

@@ -253,7 +253,7 @@ class Container:
                 ip = cluster.setdefault("controlPlaneEndpointsConfig", {}).setdefault(
                     "ipEndpointsConfig", {}
                 )
-                ip.update((endpoints.get("ipEndpointsConfig") or {}))
+                ip.update(endpoints.get("ipEndpointsConfig") or {})
                 cluster.pop("masterAuthorizedNetworksConfig", None)
                 _mirror_authorized_networks(cluster)
 
