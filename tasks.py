@@ -33,6 +33,7 @@ STACK_KEYS = (
     "min_nodes",
     "max_nodes",
     "subnet_range",
+    "authorized_networks",
 )
 
 COMMON = {

@@ -95,11 +95,16 @@ def reference_steps(runner: Runner, fake: FakeCloud, stack_name: str) -> list[St
 
         return action
 
+    number: dict[str, str] = {}
+
+    def project_number(run: StepRun) -> Outcome:
+        number["n"] = iam.project_number(g, n)
+        return Outcome.CREATED
+
     def project_iam(run: StepRun) -> Outcome:
         policy = g.read("projects", "get-iam-policy", n.project)
-        iam.set_policy(
-            g, ["projects", n.project], iam.with_bindings(policy, iam.project_bindings(n))
-        )
+        wanted = iam.project_bindings(n, number["n"])
+        iam.set_policy(g, ["projects", n.project], iam.with_bindings(policy, wanted))
         return Outcome.CREATED
 
     return [
@@ -171,12 +176,43 @@ def reference_steps(runner: Runner, fake: FakeCloud, stack_name: str) -> list[St
             "accounts",
             "accounts",
             chain(
-                gcloud("iam", "service-accounts", "create", n.workload_sa_id),
+                gcloud("iam", "service-accounts", "create", n.services_sa_id),
+                gcloud("iam", "service-accounts", "create", n.steps_sa_id),
                 gcloud("iam", "service-accounts", "create", n.node_sa_id),
             ),
             ("apis",),
         ),
-        Step("iam", "iam", project_iam, ("accounts",)),
+        Step("project", "project number", project_number, ("apis",)),
+        Step("iam", "iam", project_iam, ("accounts", "project")),
+        Step(
+            "router",
+            "router",
+            gcloud(
+                "compute",
+                "routers",
+                "create",
+                n.router,
+                f"--network={n.network}",
+                f"--region={n.region}",
+            ),
+            ("network",),
+        ),
+        Step(
+            "nat",
+            "nat",
+            gcloud(
+                "compute",
+                "routers",
+                "nats",
+                "create",
+                n.nat,
+                f"--router={n.router}",
+                f"--region={n.region}",
+                "--auto-allocate-nat-external-ips",
+                "--nat-all-subnet-ip-ranges",
+            ),
+            ("router",),
+        ),
         Step(
             "secret",
             "secret",
@@ -230,6 +266,8 @@ STEP_LATENCY_KINDS = {
     "subnet": ["default"],
     "range": ["default"],
     "peering": ["servicenetworking.connect"],
+    "router": ["default"],
+    "nat": ["default"],
     "sql": ["sql.instances.insert", "default", "default", "default"],
     "gke": ["container.clusters.create"],
 }

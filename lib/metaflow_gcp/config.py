@@ -39,6 +39,8 @@ class Settings:
     min_nodes: int = 1
     max_nodes: int = 5
     subnet_range: str = "10.2.0.0/16"
+    # CIDRs allowed to reach the GKE control plane; empty: any address (with credentials).
+    authorized_networks: tuple[str, ...] = ()
 
     @property
     def resolved_zone(self) -> str:
@@ -66,6 +68,8 @@ SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 REQUIRED: tuple[str, ...] = ("org_prefix", "project")
 _BOOL_SETTINGS = {"deploy_argo", "deploy_airflow", "deploy_jobset"}
 _INT_SETTINGS = {"db_generation_number", "min_nodes", "max_nodes"}
+_LIST_SETTINGS = {"authorized_networks"}
+_AUTHORIZED_MAX = 50  # GKE's limit for a cluster with a public endpoint
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class Names:
     network: str
     subnet: str
     psa_range: str
+    router: str  # the Cloud Router that carries the NAT
+    nat: str  # Cloud NAT: private nodes pull public images through it
     cluster: str
     services_sa_id: str  # the metadata service, UI backend, UI: Cloud SQL, datastore read
     steps_sa_id: str  # user code: datastore read/write, the stack's user secrets
@@ -108,6 +114,8 @@ class Names:
             network=f"{base}-vpc",
             subnet=f"{base}-gke",
             psa_range=f"{base}-psa",
+            router=f"{base}-router",
+            nat=f"{base}-nat",
             cluster=base,
             services_sa_id=f"{base}-services",
             steps_sa_id=f"{base}-steps",
@@ -146,15 +154,6 @@ class Names:
     @property
     def legacy_workload_sa(self) -> str:
         return self.sa_email(self.legacy_workload_sa_id)
-
-    # The single account of earlier versions, while callers move to services/steps.
-    @property
-    def workload_sa_id(self) -> str:
-        return self.legacy_workload_sa_id
-
-    @property
-    def workload_sa(self) -> str:
-        return self.legacy_workload_sa
 
     @property
     def workload_pool(self) -> str:
@@ -255,6 +254,13 @@ def validate(raw: Mapping[str, Any]) -> Settings:
 
 
 def _coerce(key: str, value: Any) -> Any:
+    if key in _LIST_SETTINGS:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(
+                key, f"must be a list of strings, got {value!r}", f'{key} = ["203.0.113.0/24"]'
+            )
+        return tuple(i.strip() for i in items if i.strip())
     if key in _BOOL_SETTINGS:
         if isinstance(value, bool):
             return value
@@ -359,6 +365,7 @@ def _check_rules(s: Settings) -> list[ConfigError]:  # noqa: PLR0912 - one flat 
             "make min_nodes <= max_nodes",
         )
     errors.extend(_check_subnet(s.subnet_range))
+    errors.extend(_check_authorized_networks(s.authorized_networks))
     if not errors:
         errors.extend(_check_derived_names(s))
     return errors
@@ -384,6 +391,41 @@ def _check_subnet(cidr: str) -> list[ConfigError]:
             )
         ]
     return []
+
+
+def _check_authorized_networks(cidrs: tuple[str, ...]) -> list[ConfigError]:
+    """The CIDRs GKE accepts: network addresses (host bits zero), at most 50, not 'anyone'."""
+    fix = 'list the ranges your administrators connect from, e.g. ["203.0.113.0/24"]'
+    errors = []
+    if len(cidrs) > _AUTHORIZED_MAX:
+        errors.append(
+            ConfigError(
+                "authorized_networks",
+                f"has {len(cidrs)} ranges; GKE allows at most {_AUTHORIZED_MAX}",
+                "merge ranges into wider ones",
+            )
+        )
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            errors.append(
+                ConfigError(
+                    "authorized_networks",
+                    f"'{cidr}' is not a CIDR range (e.g. 203.0.113.0/24, host bits zero)",
+                    fix,
+                )
+            )
+            continue
+        if network.prefixlen == 0:
+            errors.append(
+                ConfigError(
+                    "authorized_networks",
+                    f"'{cidr}' admits every address, which is what leaving it empty does",
+                    "leave authorized_networks empty, or " + fix,
+                )
+            )
+    return errors
 
 
 def _check_derived_names(s: Settings) -> list[ConfigError]:

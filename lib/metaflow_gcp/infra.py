@@ -1,10 +1,16 @@
 """`inv infra.up` and `inv infra.plan`: the Google Cloud side as a graph of steps.
 
 Chains (the run lasts as long as the longest):
-    apis -> network -> psa range -> peering -> SQL instance -> database -> user
+    apis -> network -> psa range -> peering -> SQL instance -> database -> user -> SQL hardening
     apis -> network -> subnet -> GKE cluster -> credentials
-    apis -> service accounts -> project IAM -> GKE cluster
+    apis -> network -> router -> NAT -> GKE hardening (after the cluster)
+    apis -> service accounts -> project IAM (+ project number) -> GKE cluster
     apis -> bucket;  apis -> secret -> user
+
+A resource this tool created that never became usable (GKE in ERROR, Cloud SQL FAILED) is
+"tainted": the plan says so, and the run deletes and creates it again. The state file
+records, per resource, what was created and whether it ever became healthy; one that was
+healthy once is never replaced.
 """
 
 from __future__ import annotations
@@ -18,26 +24,21 @@ from dataclasses import asdict
 from typing import Any
 
 from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.config import Settings
 from metaflow_gcp.errors import MissingTool, NotAuthenticated, StackError
 from metaflow_gcp.gcp import apis, gke, iam, network, secrets, sql, storage
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.state import Doc, db_generation, now
 
-# Settings that shape the Google Cloud side; services-only switches are left out.
-_INFRA_KEYS = (
-    "org_prefix",
-    "project",
-    "region",
-    "zone",
-    "stack",
-    "data_bucket",
-    "db_version",
-    "db_tier",
-    "node_machine_type",
-    "min_nodes",
-    "max_nodes",
-    "subnet_range",
-)
+# Settings that do not shape the Google Cloud side. Every other setting is in the
+# fingerprint, so a new one cannot be forgotten (tests/unit/test_infra_fingerprint.py).
+NOT_GOOGLE_SIDE: dict[str, str] = {
+    "state_bucket": "where the state file lives, not part of the stack",
+    "db_generation_number": "a floor for the counter; the generation itself is in",
+    "deploy_argo": "services.up only",
+    "deploy_airflow": "services.up only",
+}
+KINDS = ("gke", "sql")  # the resources a tainted replace applies to
 
 
 class InfraRun:
@@ -51,11 +52,64 @@ class InfraRun:
         self.cold = not describe_first and not doc.get("infra")
         self._password: str | None = None
         self._lock = threading.Lock()
+        infra = doc.get("infra") or {}
+        self.project_number: str | None = infra.get("project_number")
+        # kind -> {"name", "created" (by this tool), "healthy" (ever)}; see track().
+        self.resources: dict[str, dict[str, Any]] = {
+            k: dict(v) for k, v in (infra.get("resources") or {}).items()
+        }
+        self.created_now: set[str] = set()  # kinds this run created (hardened from birth)
 
     def adopt(self, doc: Doc) -> None:
         """Continue from the document as read under the lock (it may be newer than the peek)."""
         with self._lock:
             self.doc = dict(doc)
+            infra = doc.get("infra") or {}
+            self.project_number = self.project_number or infra.get("project_number")
+            for kind, record in (infra.get("resources") or {}).items():
+                self.resources.setdefault(kind, dict(record))
+
+    def tainted(self, kind: str) -> Callable[[str], bool]:
+        """Whether the state shows we created `name` and it never became usable."""
+
+        def check(name: str) -> bool:
+            with self._lock:
+                record = self.resources.get(kind) or {}
+            return bool(
+                record.get("name") == name and record.get("created") and not record.get("healthy")
+            )
+
+        return check
+
+    def track(self, kind: str) -> Callable[[str, bool], None]:
+        """Record a create (healthy=False) and its coming up (healthy=True); healthy sticks."""
+
+        def record(name: str, healthy: bool) -> None:
+            with self._lock:
+                old = self.resources.get(kind) or {}
+                same = old.get("name") == name
+                if not healthy:
+                    self.created_now.add(kind)
+                self.resources[kind] = {
+                    "name": name,
+                    "created": (not healthy) or (same and bool(old.get("created"))),
+                    "healthy": healthy or (same and bool(old.get("healthy"))),
+                    "at": old.get("at") if same and old.get("at") else now(),
+                }
+
+        return record
+
+    def number(self, r: StepRun) -> Outcome:
+        """The project number (Secret Manager names secrets by it), read once, then kept."""
+        if self.project_number and not self.stack.dry_run:
+            return Outcome.KEPT
+        number = iam.project_number(self.stack.gcloud, self.stack.names)
+        with self._lock:
+            self.project_number = number
+        return Outcome.KEPT if self.stack.dry_run else Outcome.CREATED
+
+    def known_number(self) -> str:
+        return self.project_number or iam.UNKNOWN_PROJECT_NUMBER
 
     def remember_password(self, password: str) -> None:
         with self._lock:
@@ -130,6 +184,18 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
             lambda r: network.ensure_peering(g, n, r, cold=cold),
         ),
         step(
+            "router",
+            f"Cloud Router {n.router}",
+            ("network",),
+            lambda r: network.ensure_router(g, n, r, cold=cold),
+        ),
+        step(
+            "nat",
+            f"Cloud NAT {n.nat}",
+            ("router",),
+            lambda r: network.ensure_nat(g, n, r, cold=cold),
+        ),
+        step(
             "bucket",
             f"bucket gs://{n.data_bucket}",
             ("apis",),
@@ -141,11 +207,12 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
             ("apis",),
             lambda r: iam.ensure_accounts(g, n, r, cold=cold),
         ),
+        step("project", "project number", ("apis",), run.number),
         step(
             "project_iam",
             "IAM roles",
-            ("accounts",),
-            lambda r: iam.ensure_project_bindings(g, n, r),
+            ("accounts", "project"),
+            lambda r: iam.ensure_project_bindings(g, n, r, project_number=run.known_number()),
         ),
         step(
             "secret",
@@ -158,7 +225,15 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
             "Cloud SQL instance",
             ("peering",),
             lambda r: sql.ensure_instance(
-                g, s, n, r, generation=run.generation, bump=run.bump, cold=cold
+                g,
+                s,
+                n,
+                r,
+                generation=run.generation,
+                bump=run.bump,
+                cold=cold,
+                tainted=run.tainted("sql"),
+                track=run.track("sql"),
             ),
         ),
         step(
@@ -182,10 +257,26 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
             ),
         ),
         step(
+            "sql_hardening",
+            "Cloud SQL hardening",
+            ("sql_user",),
+            lambda r: sql.ensure_hardened(
+                g, run.instance(), r, just_created="sql" in run.created_now
+            ),
+        ),
+        step(
             "gke",
             f"GKE cluster {n.cluster}",
             ("subnet", "project_iam"),
-            lambda r: gke.ensure_cluster(g, s, n, r, cold=cold),
+            lambda r: gke.ensure_cluster(
+                g, s, n, r, cold=cold, tainted=run.tainted("gke"), track=run.track("gke")
+            ),
+        ),
+        step(
+            "gke_hardening",
+            "GKE hardening",
+            ("gke", "nat"),
+            lambda r: gke.ensure_hardened(g, s, n, r, just_created="gke" in run.created_now),
         ),
         step(
             "credentials",
@@ -197,9 +288,13 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
 
 
 def fingerprint(stack: Stack, generation: int) -> str:
-    settings = asdict(stack.settings)
-    relevant = {k: settings[k] for k in _INFRA_KEYS}
-    relevant["zone"] = stack.settings.resolved_zone
+    return settings_fingerprint(stack.settings, generation)
+
+
+def settings_fingerprint(settings: Settings, generation: int) -> str:
+    """What the Google side was converged for: every setting but NOT_GOOGLE_SIDE."""
+    relevant = {k: v for k, v in asdict(settings).items() if k not in NOT_GOOGLE_SIDE}
+    relevant["zone"] = settings.resolved_zone
     relevant["db_generation"] = generation
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -221,19 +316,21 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
     def policy() -> dict[str, Any]:
         return dict(g.read("projects", "get-iam-policy", n.project, dry={}) or {})
 
-    with ThreadPoolExecutor(5) as pool:
+    with ThreadPoolExecutor(6) as pool:
         doc_f = pool.submit(stack.state.peek)
         sql_f = pool.submit(sql.stack_instances, g, n)
         gke_f = pool.submit(gke.describe, g, n)
         iam_f = pool.submit(policy)
         bucket_f = pool.submit(storage.describe, g, n)
+        router_f = pool.submit(network.describe_router, g, n)
         try:
             doc = doc_f.result()
-            instances, cluster, project_policy, bucket = (
+            instances, cluster, project_policy, bucket, router = (
                 sql_f.result(),
                 gke_f.result(),
                 iam_f.result(),
                 bucket_f.result(),
+                router_f.result(),
             )
         except (NotAuthenticated, MissingTool):
             raise  # the preflight answer: say it now, in one line
@@ -250,18 +347,22 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
         g.prime(cluster, "container", "clusters", "describe", n.cluster, f"--location={n.zone}")
         g.prime(project_policy, "projects", "get-iam-policy", n.project)
         g.prime(bucket, "storage", "buckets", "describe", f"gs://{n.data_bucket}")
+        g.prime(router, "compute", "routers", "describe", n.router, f"--region={n.region}")
     if doc is None:
         return None, False
+    number = infra.get("project_number")
     ok = (
-        infra.get("converged") == fingerprint(stack, generation)
+        bool(number)
+        and any(nat.get("name") == n.nat for nat in (router or {}).get("nats") or [])
+        and infra.get("converged") == fingerprint(stack, generation)
         and infra.get("sql_user_ready") == n.sql_instance(generation)
         and instance is not None
         and instance.get("state") == "RUNNABLE"
         and not sql.drift(instance, s, n)
         and cluster is not None
         and cluster.get("status") == "RUNNING"
-        and not gke.drift(cluster, n)
-        and not iam.missing_bindings(project_policy, iam.project_bindings(n))
+        and not gke.drift(cluster, s, n)
+        and not iam.missing_bindings(project_policy, iam.project_bindings(n, str(number)))
         and bucket is not None
         and not storage.drift(bucket)
         and gke.context_is_current(n.kube_context, cluster, stack.runner.env)
@@ -398,6 +499,10 @@ def _save(stack: Stack, run: InfraRun, report: Report | None) -> None:
         doc["db_generation"] = max(int(doc.get("db_generation", 0)), generation)
         if outcomes.get("sql_user") in (Outcome.CREATED, Outcome.UPDATED, Outcome.KEPT):
             infra["sql_user_ready"] = run.instance()
+        if run.project_number and run.project_number != iam.UNKNOWN_PROJECT_NUMBER:
+            infra["project_number"] = run.project_number
+        if run.resources:
+            infra["resources"] = {**(infra.get("resources") or {}), **run.resources}
         if report is not None and report.ok:
             infra["converged"] = fingerprint(stack, generation)
             infra["converged_at"] = now()

@@ -1,10 +1,14 @@
 """`inv teardown`: remove the stack in the order Google Cloud allows, losing no data by surprise.
 
     Helm releases -> (GKE cluster || Cloud SQL instances) -> peering, range, subnet, network
-                  -> IAM bindings -> service accounts;  secret;  data bucket only with --delete-data
+                  -> IAM bindings -> service accounts;  Cloud Router (and its NAT) -> network
+    secrets and data bucket only with --delete-data
 
-Data is kept unless --delete-data: the datastore bucket, and a final backup of the metadata
-database (Cloud SQL takes it as it deletes the instance).
+Data is kept unless --delete-data: the datastore bucket, a final backup of the Cloud SQL
+instance (Metaflow's and Airflow's databases; Cloud SQL takes it as it deletes the
+instance), and the two database password secrets a restore of that backup needs. The
+instance's deletion protection is lifted only after the user confirmed. A namespace that
+still holds the bundled Postgres volume of earlier versions' Airflow is not deleted.
 
 The state bucket is never touched except to record what happened; the DB generation
 counter moves on as soon as the instance is deleted, so the next infra.up uses a fresh name.
@@ -15,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.errors import (
@@ -29,19 +32,13 @@ from metaflow_gcp.gcp import gke, iam, network, sql, storage
 from metaflow_gcp.gcp.operations import follow
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
+from metaflow_gcp.kube_names import AIRFLOW_NS, NAMESPACES, RELEASES
 from metaflow_gcp.shell import INSTALL_HINTS
 from metaflow_gcp.state import Doc, db_generation, now
 
-RELEASES = (  # (release, namespace), removed in this order
-    ("airflow", "airflow"),
-    ("metaflow-argo-events", "metaflow"),
-    ("argo-events", "argo-events"),
-    ("argo-workflows", "argo"),
-    ("metaflow", "metaflow"),
-)
-NAMESPACES = ("airflow", "argo", "argo-events", "metaflow")
+# Earlier versions ran Airflow's database in the cluster (the chart's bundled Postgres).
+LEGACY_AIRFLOW_PVC = "data-airflow-postgresql-0"
 IN_USE_WAIT = 15 * 60.0  # peering and network deletes wait for the producers to let go
-DELETE_TIMEOUT = 30 * 60.0
 FINAL_BACKUP_DAYS = 30  # Cloud SQL's own default; restorable with `gcloud sql backups restore`
 
 
@@ -103,6 +100,8 @@ class Teardown:
         present = {str(i.get("metadata", {}).get("name")) for i in found.get("items") or []}
         ours = [r for r in RELEASES if r in installed or dry]
         namespaces = [ns for ns in NAMESPACES if ns in present]
+        if AIRFLOW_NS in namespaces and not self.delete_data and not dry:
+            self._refuse_legacy_airflow_history(kubectl)
         if not ours and not namespaces:
             return Outcome.GONE
         what = [f"uninstall {', '.join(r for r, _ in ours)}"] if ours else []
@@ -134,6 +133,27 @@ class Teardown:
             )
         return Outcome.DELETED
 
+    def _refuse_legacy_airflow_history(self, kubectl: Kubectl) -> None:
+        """Deleting the namespace deletes the claim, and with it the disk (policy Delete).
+
+        A volume set to Retain outlives namespace and cluster, so it needs no refusal.
+        """
+        claim = kubectl.get("persistentvolumeclaim", LEGACY_AIRFLOW_PVC, namespace=AIRFLOW_NS)
+        if claim is None:
+            return
+        volume = str((claim.get("spec") or {}).get("volumeName") or "")
+        pv = kubectl.get("persistentvolume", volume) if volume else None
+        if (pv or {}).get("spec", {}).get("persistentVolumeReclaimPolicy") == "Retain":
+            return
+        raise StackError(
+            f"namespace {AIRFLOW_NS} still holds Airflow's run history in the bundled Postgres "
+            f"volume {LEGACY_AIRFLOW_PVC}, which deleting the namespace would destroy. Fix: keep "
+            f"it with `kubectl --context={self.n.kube_context} patch pv "
+            f"{volume or '<its volume>'} -p "
+            """'{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}'` (its disk then outlives """
+            "the cluster) and run teardown again, or pass --delete-data to delete it"
+        )
+
     # -- the big two -------------------------------------------------------------------------
 
     def cluster(self, run: StepRun) -> Outcome:
@@ -142,23 +162,7 @@ class Teardown:
             self._forget_credentials()
             return Outcome.GONE
         self._about_to(run, f"delete GKE cluster {self.n.cluster}")
-        if (found or {}).get("status") != "STOPPING":
-            self.g.mutate(
-                "container",
-                "clusters",
-                "delete",
-                self.n.cluster,
-                f"--location={self.n.zone}",
-                "--quiet",
-                "--async",
-            )
-        if not self.g.dry_run:
-            follow(
-                run,
-                f"deleting {self.n.cluster}",
-                lambda: self._gone(gke.describe(self.g, self.n)),
-                timeout=DELETE_TIMEOUT,
-            )
+        gke.delete_cluster(self.g, self.n, run)
         self._forget_credentials()
         return Outcome.DELETED
 
@@ -177,7 +181,8 @@ class Teardown:
 
     def sql_instances(self, run: StepRun) -> Outcome:
         dry = [{"name": self.n.sql_instance(self._generation())}]
-        names = [str(i["name"]) for i in sql.stack_instances(self.g, self.n, dry=dry)]
+        instances = sql.stack_instances(self.g, self.n, dry=dry)
+        names = [str(i["name"]) for i in instances]
         if not names:
             return Outcome.GONE
         listed = ", ".join(names)
@@ -188,10 +193,21 @@ class Teardown:
             else f"delete Cloud SQL instance {listed}, keeping a final backup for "
             f"{FINAL_BACKUP_DAYS} days",
         )
+        protected = {
+            str(i["name"])
+            for i in instances
+            if self.g.dry_run or (i.get("settings") or {}).get("deletionProtectionEnabled")
+        }
         for name in names:
             busy = sql.pending_operations(self.g, name)
             for operation in busy:  # one operation per instance at a time: let it finish
                 sql.wait_operation(self.g, run, operation, f"{name}: finishing an operation")
+            if name in protected:  # the user confirmed this teardown: lift it, then delete
+                run.note(f"lifting the deletion protection of {name}")
+                try:
+                    sql.lift_deletion_protection(self.g, run, name)
+                except NotFound:
+                    continue
             try:
                 result = self.g.mutate(
                     "sql", "instances", "delete", name, *self._final_backup(), "--quiet", "--async"
@@ -229,10 +245,6 @@ class Teardown:
     def _exists(self, found: object) -> bool:
         """In a dry run nothing is looked up, so everything is shown as if it existed."""
         return self.g.dry_run or found is not None
-
-    @staticmethod
-    def _gone(found: dict[str, Any] | None) -> tuple[bool, str]:
-        return (found is None, "DELETING" if found else "GONE")
 
     # -- network -----------------------------------------------------------------------------
 
@@ -313,37 +325,42 @@ class Teardown:
     def network(self, run: StepRun) -> Outcome:
         return self._simple(run, ["compute", "networks"], self.n.network, [])
 
+    def router(self, run: StepRun) -> Outcome:
+        """The Cloud Router; its Cloud NAT goes with it."""
+        if not self._exists(network.describe_router(self.g, self.n)):
+            return Outcome.GONE
+        self._about_to(run, f"delete Cloud Router {self.n.router} and its NAT {self.n.nat}")
+        with contextlib.suppress(NotFound):
+            network.delete_router(self.g, self.n)
+        return Outcome.DELETED
+
     # -- identity, secret, data ----------------------------------------------------------------
 
+    def _accounts(self) -> list[str]:
+        """Ours, the legacy account of earlier versions included. Deleting an account also
+        deletes its own policy, so the Workload Identity members go with it."""
+        n = self.n
+        return [n.services_sa, n.steps_sa, n.node_sa, n.legacy_workload_sa]
+
     def bindings(self, run: StepRun) -> Outcome:
-        ours = {f"serviceAccount:{self.n.workload_sa}", f"serviceAccount:{self.n.node_sa}"}
-        changed = iam.remove_members(
-            self.g,
-            ["projects", "get-iam-policy", self.n.project],
-            ["projects", self.n.project],
-            ours,
-            run,
-        )
+        changed = iam.remove_project_members(self.g, self.n, self._accounts(), run)
         return Outcome.DELETED if changed else Outcome.GONE
 
     def accounts(self, run: StepRun) -> Outcome:
-        have = iam.existing_accounts(self.g)
-        ours = [e for e in (self.n.workload_sa, self.n.node_sa) if e in have or self.g.dry_run]
-        if not ours:
-            return Outcome.GONE
-        self._about_to(run, f"delete service accounts {', '.join(ours)}")
-        for email in ours:
-            self.g.mutate("iam", "service-accounts", "delete", email, "--quiet", fmt=None)
-        return Outcome.DELETED
+        return iam.delete_accounts(self.g, self._accounts(), run)
 
-    def secret(self, run: StepRun) -> Outcome:
-        return self._plain(run, ["secrets"], self.n.db_secret)
-
-    def _plain(self, run: StepRun, kind: list[str], name: str) -> Outcome:
-        if not self._exists(self.g.describe(*kind, "describe", name)):
+    def secrets(self, run: StepRun) -> Outcome:
+        """Both database passwords: only with --delete-data (a restore needs them)."""
+        names = [self.n.db_secret, self.n.airflow_db_secret]
+        found = [
+            name for name in names if self._exists(self.g.describe("secrets", "describe", name))
+        ]
+        if not found:
             return Outcome.GONE
-        self._about_to(run, f"delete {kind[0].rstrip('s')} {name}")
-        self.g.mutate(*kind, "delete", name, "--quiet", fmt=None)
+        self._about_to(run, f"delete secrets {', '.join(found)}")
+        for name in found:
+            with contextlib.suppress(NotFound):
+                self.g.mutate("secrets", "delete", name, "--quiet", fmt=None)
         return Outcome.DELETED
 
     def data_bucket(self, run: StepRun) -> Outcome:
@@ -376,14 +393,18 @@ class Teardown:
             Step("peering", "private services access", self.peering, ("sql",)),
             Step("psa_range", f"range {n.psa_range}", self.psa_range, ("peering",)),
             Step("subnet", f"subnet {n.subnet}", self.subnet, ("gke",)),
+            Step("router", f"Cloud Router {n.router}", self.router, ("gke",)),
             Step(
-                "network", f"network {n.network}", self.network, ("subnet", "psa_range", "peering")
+                "network",
+                f"network {n.network}",
+                self.network,
+                ("subnet", "psa_range", "peering", "router"),
             ),
             Step("bindings", "IAM bindings", self.bindings, ("gke", "sql")),
             Step("accounts", "service accounts", self.accounts, ("bindings",)),
-            Step("secret", f"secret {n.db_secret}", self.secret, ("sql",)),
         ]
         if self.delete_data:
+            steps.append(Step("secrets", "database password secrets", self.secrets, ("sql",)))
             steps.append(
                 Step(
                     "bucket", f"bucket gs://{n.data_bucket}", self.data_bucket, ("releases", "gke")
@@ -460,11 +481,14 @@ def _print_preview(stack: Stack, preview: Report, delete_data: bool) -> None:
     for state in preview.states.values():
         if state.outcome is Outcome.PLANNED:
             console.print(f"  [red]-[/] {state.note}")
-    console.print(f"  [green]kept[/]: state bucket gs://{stack.names.state_bucket}")
+    n = stack.names
+    console.print(f"  [green]kept[/]: state bucket gs://{n.state_bucket}")
     if not delete_data:
         console.print(
-            f"  [green]kept[/]: datastore gs://{stack.names.data_bucket} and a final backup of "
-            f"the metadata database for {FINAL_BACKUP_DAYS} days (--delete-data deletes both)"
+            f"  [green]kept[/]: datastore gs://{n.data_bucket}; a final backup of the Cloud SQL "
+            f"instance (Metaflow's and Airflow's databases) for {FINAL_BACKUP_DAYS} days; the "
+            f"secrets {n.db_secret} and {n.airflow_db_secret} a restore needs "
+            "(--delete-data deletes all of these)"
         )
 
 
@@ -507,3 +531,7 @@ def _summary(stack: Stack, report: Report, delete_data: bool) -> None:
                 f"  kept: a final backup of the metadata database for {FINAL_BACKUP_DAYS} days "
                 f"(`gcloud sql backups list --instance=- --project={stack.names.project}`)"
             )
+        console.print(
+            f"  kept: the secrets {stack.names.db_secret} and {stack.names.airflow_db_secret} "
+            "(the passwords inside that backup)"
+        )

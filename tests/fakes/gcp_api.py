@@ -283,6 +283,7 @@ class FailRule:
     times: int
     operation_error: bool
     reason: str | None = None
+    leave_broken: bool = False
 
     def matches(self, method: str, path: str, kind: str | None) -> bool:
         if self.method and self.method.upper() != method:
@@ -505,6 +506,7 @@ class FakeGcpApi:
         times: int = 1,
         operation_error: bool = False,
         reason: str | None = None,
+        leave_broken: bool = False,
     ) -> None:
         """Make the next ``times`` matching requests fail with ``status``/``message``.
 
@@ -527,6 +529,7 @@ class FakeGcpApi:
                     times=times,
                     operation_error=operation_error,
                     reason=reason,
+                    leave_broken=leave_broken,
                 )
             )
 
@@ -572,7 +575,7 @@ class FakeGcpApi:
             if rule is not None:
                 status = _GRPC_STATUS.get(rule.status, "INTERNAL")
                 error = OpError(status, rule.message, rule.status, rule.reason or status)
-                injected = True
+                injected = not rule.leave_broken
         op = Operation(
             name=name or self.new_op_name(api),
             kind=kind,

@@ -122,9 +122,11 @@ class FakeCloud:
         times: int = 1,
         operation_error: bool = False,
         reason: str | None = None,
+        leave_broken: bool = False,
     ) -> None:
         """See :meth:`FakeGcpApi.fail_next`."""
         self.api.fail_next(
+            leave_broken=leave_broken,
             method=method,
             path=path,
             kind=kind,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -886,6 +887,119 @@ def test_gke_create_needs_an_existing_subnet(fake_cloud: FakeCloud) -> None:
     args[args.index(f"--subnetwork={SUB}")] = "--subnetwork=nope"
     err = fails(fake, *args, "--async")
     assert 'Subnetwork "projects/fake-project/regions/us-west2/subnetworks/nope"' in err
+
+
+def test_gke_hardening_fields_are_kept_the_way_the_api_returns_them(fake_cloud: FakeCloud) -> None:
+    fake = fake_cloud
+    seed_private_network(fake, peering=False)
+    sa = seed_service_account(fake)
+    ok(fake, *gke_create_args(fake, "mf-gke", sa), "--async", "--enable-dataplane-v2",
+       "--enable-private-nodes", "--shielded-secure-boot", "--shielded-integrity-monitoring",
+       "--no-enable-insecure-kubelet-readonly-port", "--enable-master-authorized-networks",
+       "--master-authorized-networks=203.0.113.0/24")
+    fake.finish_all_operations()
+    found = ok_json(fake, "container", "clusters", "describe", "mf-gke", f"--location={ZONE}")
+    assert found["networkConfig"]["datapathProvider"] == "ADVANCED_DATAPATH"
+    assert found["privateClusterConfig"]["enablePrivateNodes"] is True
+    [pool] = found["nodePools"]
+    assert pool["networkConfig"]["enablePrivateNodes"] is True
+    assert pool["config"]["shieldedInstanceConfig"]["enableSecureBoot"] is True
+    assert pool["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"] is False
+    assert found["masterAuthorizedNetworksConfig"] == {
+        "enabled": True, "cidrBlocks": [{"cidrBlock": "203.0.113.0/24"}]}
+    ok(fake, "container", "clusters", "get-credentials", "mf-gke", f"--location={ZONE}")
+
+
+def test_gke_updates_in_place_what_gke_allows_and_refuses_the_rest(fake_cloud: FakeCloud) -> None:
+    fake = fake_cloud
+    seed_private_network(fake, peering=False)
+    seed_cluster(fake)  # today's shape: no hardening flags
+    cluster = fake.state["clusters"][f"{ZONE}/mf-gke"]
+    assert cluster["networkConfig"]["datapathProvider"] == "LEGACY_DATAPATH"
+    assert cluster["nodePools"][0]["config"]["kubeletConfig"] == {
+        "insecureKubeletReadonlyPortEnabled": True}
+    where = ("mf-gke", f"--location={ZONE}", "--quiet")
+    ok(fake, "container", "clusters", "update", *where, "--enable-private-nodes")
+    ok(fake, "container", "clusters", "update", *where,
+       "--no-enable-insecure-kubelet-readonly-port")
+    ok(fake, "container", "clusters", "update", *where, "--enable-master-authorized-networks",
+       "--master-authorized-networks=198.51.100.0/24")
+    pool = ("default-pool", "--cluster=mf-gke", f"--location={ZONE}", "--quiet")
+    ok(fake, "container", "node-pools", "update", *pool, "--enable-private-nodes")
+    ok(fake, "container", "node-pools", "update", *pool,
+       "--no-enable-insecure-kubelet-readonly-port")
+    found = fake.state["clusters"][f"{ZONE}/mf-gke"]
+    assert found["status"] == "RUNNING"
+    assert found["networkConfig"]["defaultEnablePrivateNodes"] is True
+    assert found["nodePools"][0]["networkConfig"]["enablePrivateNodes"] is True
+    assert found["nodePools"][0]["config"]["kubeletConfig"][
+        "insecureKubeletReadonlyPortEnabled"] is False
+    assert found["masterAuthorizedNetworksConfig"]["cidrBlocks"] == [
+        {"cidrBlock": "198.51.100.0/24"}]
+    update_help = ok(fake, "container", "clusters", "update", "--help",
+                     env={"TERM": "dumb", "PAGER": "cat"})
+    assert not re.search(r"--enable-dataplane-v2\b(?!-)", update_help), (
+        "GKE picks the dataplane at creation only"
+    )
+
+
+def test_cloud_nat_lives_in_its_router_and_keeps_the_network_in_use(
+    fake_cloud: FakeCloud,
+) -> None:
+    fake = fake_cloud
+    seed_private_network(fake, peering=False)
+    at = ("--router=r", f"--region={REGION}")
+    ok(fake, "compute", "routers", "create", "r", f"--network={NET}", f"--region={REGION}")
+    assert "NAT `nat` not found" in fails(fake, "compute", "routers", "nats", "describe", "nat",
+                                          *at)
+    ok(fake, "compute", "routers", "nats", "create", "nat", *at,
+       "--auto-allocate-nat-external-ips", "--nat-all-subnet-ip-ranges")
+    nat = ok_json(fake, "compute", "routers", "nats", "describe", "nat", *at)
+    assert nat["sourceSubnetworkIpRangesToNat"] == "ALL_SUBNETWORKS_ALL_IP_RANGES"
+    assert nat["natIpAllocateOption"] == "AUTO_ONLY"
+    ok(fake, "compute", "networks", "subnets", "delete", SUB, f"--region={REGION}", "--quiet")
+    ok(fake, "compute", "addresses", "delete", RANGE, "--global", "--quiet")
+    assert "routers/r" in fails(fake, "compute", "networks", "delete", NET, "--quiet")
+    ok(fake, "compute", "routers", "delete", "r", f"--region={REGION}", "--quiet")
+    assert fake.state["routers"] == {}
+    ok(fake, "compute", "networks", "delete", NET, "--quiet")
+
+
+def test_sql_hardening_patch_merges_and_deletion_protection_blocks_the_delete(
+    fake_cloud: FakeCloud,
+) -> None:
+    fake = fake_cloud
+    seed_private_network(fake)
+    seed_sql_instance(fake)
+    settings = fake.state["sql_instances"]["psql-seeded"]["settings"]
+    assert settings["connectorEnforcement"] == "NOT_REQUIRED"
+    assert settings["ipConfiguration"]["sslMode"] == "ALLOW_UNENCRYPTED_AND_ENCRYPTED"
+    ok(fake, "sql", "instances", "patch", "psql-seeded", "--connector-enforcement=REQUIRED",
+       "--ssl-mode=ENCRYPTED_ONLY", "--deletion-protection", "--enable-point-in-time-recovery",
+       "--quiet")
+    settings = fake.state["sql_instances"]["psql-seeded"]["settings"]
+    assert settings["connectorEnforcement"] == "REQUIRED"
+    assert settings["ipConfiguration"] == {**settings["ipConfiguration"],
+                                           "sslMode": "ENCRYPTED_ONLY", "ipv4Enabled": False}
+    assert settings["backupConfiguration"]["pointInTimeRecoveryEnabled"] is True
+    assert "protected from deletion" in fails(
+        fake, "sql", "instances", "delete", "psql-seeded", "--quiet")
+    ok(fake, "sql", "instances", "patch", "psql-seeded", "--no-deletion-protection", "--quiet")
+    ok(fake, "sql", "instances", "delete", "psql-seeded", "--quiet")
+    assert "psql-seeded" not in fake.state["sql_instances"]
+
+
+def test_an_injected_failure_can_leave_the_resource_broken_as_gcp_does(
+    fake_cloud: FakeCloud,
+) -> None:
+    fake = fake_cloud
+    seed_private_network(fake, peering=False)
+    sa = seed_service_account(fake)
+    fake.fail_next(kind="container.clusters.create", operation_error=True, leave_broken=True,
+                   message="stockout")
+    ok(fake, *gke_create_args(fake, "mf-gke", sa), "--async")
+    fake.finish_all_operations()
+    assert fake.state["clusters"][f"{ZONE}/mf-gke"]["status"] == "ERROR"
 
 
 # --------------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     report = infra.up(stack)
     assert report is not None and report.ok, output(stack)
     outcomes = report.outcomes()
+    # Made hardened from the start, so the in-place hardening steps find nothing to do.
+    assert outcomes.pop("gke_hardening") is Outcome.KEPT
+    assert outcomes.pop("sql_hardening") is Outcome.KEPT
     assert set(outcomes.values()) <= {Outcome.CREATED, Outcome.UPDATED}, outcomes
     # A stack never built before is created straight away: no describe before each create.
     describes = [r.command for r in stack.runner.history if " describe " in r.command]
@@ -63,6 +66,10 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     assert instance["settings"]["backupConfiguration"]["enabled"] is True
     assert instance["databaseVersion"] == "POSTGRES_16"
     assert instance["settings"].get("edition", "ENTERPRISE") == "ENTERPRISE"
+    assert instance["settings"]["connectorEnforcement"] == "REQUIRED"  # Auth Proxy only
+    assert ip["sslMode"] == "ENCRYPTED_ONLY"
+    assert instance["settings"]["deletionProtectionEnabled"] is True
+    assert instance["settings"]["backupConfiguration"]["pointInTimeRecoveryEnabled"] is True
     assert "metaflow" in state["sql_databases"][INSTANCE]
     assert state["sql_users"][INSTANCE]["metaflow"]["password"] == db_password(fake_cloud)
 
@@ -72,18 +79,40 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     assert node_config["workloadMetadataConfig"]["mode"] == "GKE_METADATA"
     assert node_config["serviceAccount"] == "mf-it-nodes@fake-project.iam.gserviceaccount.com"
     assert cluster["nodePools"][0]["autoscaling"]["enabled"] is True
+    # Hardened: NetworkPolicies enforced, no external IPs, secure boot, no read-only port.
+    assert cluster["networkConfig"]["datapathProvider"] == "ADVANCED_DATAPATH"
+    assert cluster["privateClusterConfig"]["enablePrivateNodes"] is True
+    [pool] = cluster["nodePools"]
+    assert pool["networkConfig"]["enablePrivateNodes"] is True
+    assert pool["config"]["shieldedInstanceConfig"]["enableSecureBoot"] is True
+    assert pool["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"] is False
+    assert cluster["masterAuthorizedNetworksConfig"]["enabled"] is False  # off by default
+    [nat] = state["routers"]["us-west2/mf-it-router"]["nats"]  # image pulls of private nodes
+    assert nat["name"] == "mf-it-nat"
+    assert nat["sourceSubnetworkIpRangesToNat"] == "ALL_SUBNETWORKS_ALL_IP_RANGES"
+    assert state["routers"]["us-west2/mf-it-router"]["network"].endswith("/networks/mf-it-vpc")
 
     bindings = state["project_iam_policy"]["bindings"]
-    workload = "serviceAccount:mf-it-workload@fake-project.iam.gserviceaccount.com"
-    storage = next(b for b in bindings if b["role"] == "roles/storage.objectAdmin")
-    assert storage["members"] == [workload]
-    assert storage["condition"]["expression"] == (  # this bucket, not acme-fake-project-mf-it2
+    services = "serviceAccount:mf-it-services@fake-project.iam.gserviceaccount.com"
+    steps = "serviceAccount:mf-it-steps@fake-project.iam.gserviceaccount.com"
+    held = {(b["role"], m, (b.get("condition") or {}).get("expression"))
+            for b in bindings for m in b["members"]}
+    datastore = (  # this bucket, not acme-fake-project-mf-it2
         'resource.name == "projects/_/buckets/acme-fake-project-mf-it" || '
         'resource.name.startsWith("projects/_/buckets/acme-fake-project-mf-it/")'
     )
+    assert {(role, cond) for role, m, cond in held if m == services} == {
+        ("roles/cloudsql.client", 'resource.service == "sqladmin.googleapis.com" && '
+         'resource.name.startsWith("projects/fake-project/instances/mf-it-pg-")'),
+        ("roles/storage.objectViewer", datastore),
+    }
+    assert {(role, cond) for role, m, cond in held if m == steps} == {
+        ("roles/storage.objectUser", datastore),
+        ("roles/secretmanager.secretAccessor",
+         f'resource.name.startsWith("projects/{fake_cloud.project_number}/secrets/mf-it-user-")'),
+    }, "user code: no Cloud SQL, only its own bucket and its own user secrets"
     assert any(b["role"] == "roles/container.defaultNodeServiceAccount" for b in bindings)
-    assert not any(b["role"] in ("roles/owner", "roles/editor") and workload in b["members"]
-                   for b in bindings)
+    assert "mf-it-workload@fake-project.iam.gserviceaccount.com" not in state["service_accounts"]
 
     # fake-gcs-server keeps neither setting, so check what gcloud was asked for.
     create = next(r.command for r in stack.runner.history
@@ -96,6 +125,10 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     assert doc["lock"] is None
     assert doc["infra"]["converged"]
     assert doc["infra"]["sql_user_ready"] == INSTANCE
+    assert doc["infra"]["project_number"] == fake_cloud.project_number
+    assert {k: (v["name"], v["created"], v["healthy"])
+            for k, v in doc["infra"]["resources"].items()} == {
+        "gke": (CLUSTER, True, True), "sql": (INSTANCE, True, True)}
 
     password = db_password(fake_cloud)
     assert len(password) >= 24
@@ -109,7 +142,7 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     assert infra.up(again) is None
     assert "nothing to do" in output(again)
     assert [r for r in fake_cloud.requests[before:] if r.is_mutating] == []
-    assert again.runner.count("gcloud") <= 5
+    assert again.runner.count("gcloud") <= 6  # one witness per chain, read at once
 
 
 def test_a_reserved_sql_name_moves_to_the_next_generation_and_says_so(
@@ -258,3 +291,136 @@ def test_not_logged_in_is_one_line_saying_how_to_log_in(fake_cloud: FakeCloud) -
     line = caught.value.one_line()
     assert "\n" not in line and "gcloud auth login" in line
     assert fake_cloud.requests.mutating() == []
+
+
+def make_it_look_like_the_previous_version(fake: FakeCloud, stack: Any) -> None:
+    """The shape today's release builds: no hardening, no NAT, one workload account."""
+    with fake.api.lock:
+        state = fake.api.state
+        cluster = state["clusters"][f"{ZONE}/{CLUSTER}"]
+        cluster["networkConfig"] = {"datapathProvider": "LEGACY_DATAPATH"}
+        cluster["privateClusterConfig"] = {"enablePrivateNodes": False}
+        cluster["nodePoolDefaults"] = {}
+        for pool in cluster["nodePools"]:
+            pool["networkConfig"] = {"enablePrivateNodes": False}
+            pool["config"]["kubeletConfig"] = {"insecureKubeletReadonlyPortEnabled": True}
+            pool["config"]["shieldedInstanceConfig"] = {"enableSecureBoot": False}
+        settings = state["sql_instances"][INSTANCE]["settings"]
+        settings["connectorEnforcement"] = "NOT_REQUIRED"
+        settings["ipConfiguration"]["sslMode"] = "ALLOW_UNENCRYPTED_AND_ENCRYPTED"
+        settings["deletionProtectionEnabled"] = False
+        settings["backupConfiguration"]["pointInTimeRecoveryEnabled"] = False
+        state["routers"].clear()
+    legacy = "mf-it-workload@fake-project.iam.gserviceaccount.com"
+    fake.call("POST", "iam", "/v1/projects/fake-project/serviceAccounts",
+              {"accountId": "mf-it-workload", "serviceAccount": {"displayName": "old"}})
+
+    def old(doc: dict[str, Any]) -> None:
+        infra_doc = doc["infra"]
+        infra_doc.pop("project_number")
+        infra_doc.pop("resources")
+        infra_doc["converged"] = "fingerprint-of-an-earlier-version"
+    stack.state.update(old)
+    assert legacy in fake.state["service_accounts"]
+
+
+def test_a_stack_of_the_previous_version_is_hardened_in_place_and_told_what_cannot_be(
+    fake_cloud: FakeCloud,
+) -> None:
+    first = make_stack(fake_cloud)
+    assert infra.up(first).ok  # type: ignore[union-attr]
+    make_it_look_like_the_previous_version(fake_cloud, first)
+    before = len(fake_cloud.requests)
+
+    plan = make_stack(fake_cloud)
+    planned = infra.plan(plan).states
+    assert planned["sql_hardening"].outcome is Outcome.PLANNED
+    assert "accepts unencrypted connections" in planned["sql_hardening"].note
+    assert planned["nat"].outcome is Outcome.PLANNED
+    assert [r for r in fake_cloud.requests[before:] if r.is_mutating] == []
+
+    again = make_stack(fake_cloud)
+    report = infra.up(again)
+    assert report is not None and report.ok, output(again)
+    text = output(again).replace("\n", " ")
+    assert report.outcomes()["sql_hardening"] is Outcome.UPDATED
+    assert report.outcomes()["gke_hardening"] is Outcome.UPDATED
+    settings = fake_cloud.state["sql_instances"][INSTANCE]["settings"]
+    assert settings["connectorEnforcement"] == "REQUIRED"
+    assert settings["ipConfiguration"]["sslMode"] == "ENCRYPTED_ONLY"
+    assert settings["ipConfiguration"]["ipv4Enabled"] is False, "the patch merged, kept the rest"
+    assert settings["deletionProtectionEnabled"] is True
+    assert settings["backupConfiguration"]["pointInTimeRecoveryEnabled"] is True
+    cluster = fake_cloud.state["clusters"][f"{ZONE}/{CLUSTER}"]
+    [pool] = cluster["nodePools"]
+    assert pool["networkConfig"]["enablePrivateNodes"] is True
+    assert pool["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"] is False
+    assert cluster["networkConfig"]["defaultEnablePrivateNodes"] is True
+    assert "us-west2/mf-it-router" in fake_cloud.state["routers"]
+    # Nothing replaced: no delete, no second create; what GKE cannot change is said.
+    kinds = {r.kind for r in fake_cloud.requests[before:]}
+    assert not kinds & {"container.clusters.delete", "sql.instances.delete",
+                        "container.clusters.create", "sql.instances.insert"}
+    assert "has no Dataplane V2, so NetworkPolicies are not enforced: cannot be changed in " \
+        "place" in text
+    assert "node pool default-pool boots without secure boot: cannot be changed in place" in text
+    doc = state_doc(again)
+    assert doc["infra"]["project_number"] == fake_cloud.project_number
+    assert doc["infra"]["resources"]["gke"] == {
+        **doc["infra"]["resources"]["gke"], "created": False, "healthy": True}
+
+    # What remains cannot change in place, so a re-run changes nothing.
+    before = len(fake_cloud.requests)
+    third = make_stack(fake_cloud)
+    infra.up(third)
+    assert [r for r in fake_cloud.requests[before:] if r.is_mutating
+            and r.api != "storage"] == [], output(third)
+
+
+@pytest.mark.parametrize("kind", ["gke", "sql"])
+def test_a_resource_our_create_left_broken_is_replaced_not_the_stack(
+    fake_cloud: FakeCloud, kind: str
+) -> None:
+    operation = "container.clusters.create" if kind == "gke" else "sql.instances.insert"
+    fake_cloud.fail_next(kind=operation, operation_error=True, leave_broken=True,
+                         message="the zone ran out of resources")
+    first = make_stack(fake_cloud)
+    with pytest.raises(StackError):
+        infra.up(first)
+    state = fake_cloud.state
+    if kind == "gke":
+        assert state["clusters"][f"{ZONE}/{CLUSTER}"]["status"] == "ERROR"
+    else:
+        assert state["sql_instances"][INSTANCE]["state"] == "FAILED"
+    record = state_doc(first)["infra"]["resources"][kind]
+    assert record["created"] is True and record["healthy"] is False
+
+    plan = make_stack(fake_cloud)
+    planned = infra.plan(plan).states["gke" if kind == "gke" else "sql_instance"]
+    assert planned.outcome is Outcome.PLANNED
+    assert "this tool created it and it never became usable" in planned.note
+
+    second = make_stack(fake_cloud)
+    report = infra.up(second)
+    assert report is not None and report.ok, output(second)
+    if kind == "gke":
+        assert len(fake_cloud.requests.of_kind("container.clusters.delete")) == 1
+        assert state["clusters"][f"{ZONE}/{CLUSTER}"]["status"] == "RUNNING"
+    else:  # the deleted name stays reserved: the next generation takes over
+        assert list(fake_cloud.state["sql_instances"]) == ["mf-it-pg-1"]
+        assert state_doc(second)["db_generation"] == 1
+        assert "mf-it-pg-1" in fake_cloud.state["sql_users"]
+    assert state_doc(second)["infra"]["resources"][kind]["healthy"] is True
+
+
+def test_a_broken_resource_that_once_worked_is_never_replaced_without_the_users_word(
+    fake_cloud: FakeCloud,
+) -> None:
+    assert infra.up(make_stack(fake_cloud)).ok  # type: ignore[union-attr]
+    with fake_cloud.api.lock:
+        fake_cloud.api.state["clusters"][f"{ZONE}/{CLUSTER}"]["status"] = "ERROR"
+    again = make_stack(fake_cloud)
+    with pytest.raises(StackError, match=r"infra\.up stopped at 'GKE cluster mf-it'"):
+        infra.up(again)
+    assert "not replaced automatically" in output(again)
+    assert fake_cloud.requests.of_kind("container.clusters.delete") == []

@@ -25,7 +25,7 @@ def cloud_resources(fake: FakeCloud) -> dict[str, list[str]]:
     return {
         key: sorted(state[key])
         for key in ("networks", "subnetworks", "addresses", "connections", "service_accounts",
-                    "secrets", "sql_instances", "clusters")
+                    "secrets", "sql_instances", "clusters", "routers")
         if state[key]
     }
 
@@ -53,8 +53,8 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
         keep_going=True,
     )
     planned = {n: s.note for n, s in preview.states.items() if s.outcome is Outcome.PLANNED}
-    assert set(planned) == {"gke", "sql", "peering", "psa_range", "subnet", "network",
-                            "bindings", "accounts", "secret"}, preview.states
+    assert set(planned) == {"gke", "sql", "peering", "psa_range", "subnet", "router", "network",
+                            "bindings", "accounts"}, preview.states
     assert all(note.startswith(("delete", "remove")) for note in planned.values()), planned
     assert "keeping a final backup for 30 days" in planned["sql"]
     assert [r for r in fake_cloud.requests[before:] if r.is_mutating] == []
@@ -62,7 +62,10 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
     down = make_stack(fake_cloud)
     report = teardown.run(down)
     assert report.ok, output(down)
-    assert cloud_resources(fake_cloud) == {}
+    assert cloud_resources(fake_cloud) == {"secrets": ["mf-it-db-password"]}, (
+        "a restore of the final backup needs the database password"
+    )
+    assert "lifting the deletion protection of mf-it-pg-0" in output(down)
     assert buckets(fake_cloud) == {DATA, STATE}, "data and state are kept without --delete-data"
     assert "kept: your data in gs://" + DATA in output(down)
     assert fake_cloud.state["sql_final_backups"] == [
@@ -97,6 +100,7 @@ def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
     report = teardown.run(gone, delete_data=True)
     assert report.ok, output(gone)
     assert report.outcomes()["bucket"] is Outcome.DELETED
+    assert report.outcomes()["secrets"] is Outcome.DELETED
     assert cloud_resources(fake_cloud) == {}
     assert buckets(fake_cloud) == {STATE}
     assert [b["instance"] for b in fake_cloud.state["sql_final_backups"]] == ["mf-it-pg-0"], (
@@ -118,6 +122,9 @@ def test_teardown_dry_run_lists_the_deletes_and_calls_nothing(fake_cloud: FakeCl
     text = output(stack)
     assert len(fake_cloud.requests) == 0
     for command in ("gcloud container clusters delete mf-it", "gcloud sql instances delete",
+                    "gcloud sql instances patch mf-it-pg-0 --no-deletion-protection",
+                    "gcloud compute routers delete mf-it-router",
+                    "gcloud secrets delete mf-it-airflow-db-password",
                     "gcloud services vpc-peerings delete", "gcloud storage rm --recursive"):
         assert command in text
 

@@ -45,7 +45,10 @@ def test_every_resource_name_is_derived_from_prefix_project_and_stack() -> None:
     assert n.cluster == "mf-dev"
     assert n.sql_instance(3) == "mf-dev-pg-3"
     assert n.sql_connection_name(3) == "acme-ml-prod:us-west2:mf-dev-pg-3"
-    assert n.workload_sa == "mf-dev-workload@acme-ml-prod.iam.gserviceaccount.com"
+    assert n.services_sa == "mf-dev-services@acme-ml-prod.iam.gserviceaccount.com"
+    assert n.steps_sa == "mf-dev-steps@acme-ml-prod.iam.gserviceaccount.com"
+    assert n.legacy_workload_sa == "mf-dev-workload@acme-ml-prod.iam.gserviceaccount.com"
+    assert (n.router, n.nat) == ("mf-dev-router", "mf-dev-nat")
     assert n.node_sa == "mf-dev-nodes@acme-ml-prod.iam.gserviceaccount.com"
     assert n.data_bucket == "acme-acme-ml-prod-mf-dev"
     assert n.state_bucket == "acme-acme-ml-prod-mf-state"
@@ -225,3 +228,29 @@ def test_bucket_rules_catch_each_broken_name(name: str) -> None:
 @pytest.mark.parametrize("name", ["abc", "a" * 63, "my_bucket.1", "acme-data-0"])
 def test_bucket_rules_accept_valid_names(name: str) -> None:
     assert bucket_name_problem(name) == ""
+
+
+def test_authorized_networks_are_off_by_default_and_take_a_list_or_a_comma_separated_string(
+) -> None:
+    assert load_settings(GOOD).authorized_networks == ()
+    listed = load_settings({**GOOD, "authorized_networks": ["203.0.113.0/24", "2001:db8::/32"]})
+    assert listed.authorized_networks == ("203.0.113.0/24", "2001:db8::/32")
+    text = load_settings({**GOOD, "authorized_networks": "203.0.113.0/24, 198.51.100.7/32"})
+    assert text.authorized_networks == ("203.0.113.0/24", "198.51.100.7/32")
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (["203.0.113.5/24"], "is not a CIDR range"),
+        (["somewhere"], "is not a CIDR range"),
+        (["0.0.0.0/0"], "admits every address"),
+        ([f"10.0.{i}.0/24" for i in range(51)], "GKE allows at most 50"),
+        ([1], "must be a list of strings"),
+    ],
+)
+def test_bad_authorized_networks_are_refused_before_any_call(value: object, says: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        load_settings({**GOOD, "authorized_networks": value})
+    assert any(e.setting == "authorized_networks" and says in e.rule
+               for e in caught.value.errors), caught.value

@@ -27,6 +27,13 @@ ENDPOINT = "34.1.2.3"
 DESCRIBE = ["gcloud", "container", "clusters", "describe", "mf-dev", FakeProcess.any()]
 HELM_LIST = ["helm", f"--kube-context={CONTEXT}", "list", FakeProcess.any()]
 GET_NAMESPACES = ["kubectl", f"--context={CONTEXT}", "get", "namespaces", FakeProcess.any()]
+GET_LEGACY_CLAIM = ["kubectl", f"--context={CONTEXT}", "--namespace=airflow", "get",
+                    "persistentvolumeclaim",
+                    "data-airflow-postgresql-0", FakeProcess.any()]
+GET_VOLUME = ["kubectl", f"--context={CONTEXT}", "get", "persistentvolume", "pvc-123",
+              FakeProcess.any()]
+NO_SUCH_CLAIM = 'Error from server (NotFound): persistentvolumeclaims "data-airflow-postgresql-0"' \
+    " not found\n"
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +117,7 @@ def test_helm_uninstalls_our_releases_then_our_namespaces_go(
     ]
     fp.register(HELM_LIST, stdout=json.dumps(listed))
     fp.register(GET_NAMESPACES, stdout=namespaces("default", "metaflow", "airflow"))
+    fp.register(GET_LEGACY_CLAIM, returncode=1, stderr=NO_SUCH_CLAIM)
     fp.register(["helm", FakeProcess.any()], occurrences=2)
     fp.register(["kubectl", FakeProcess.any()], occurrences=2)
 
@@ -134,6 +142,7 @@ def test_without_helm_deleting_the_namespaces_empties_the_cluster(
     stack = make_stack(tmp_path, tools=("gcloud", "kubectl"))
     cluster_is_running(fp)
     fp.register(GET_NAMESPACES, stdout=namespaces("airflow", "argo", "metaflow"))
+    fp.register(GET_LEGACY_CLAIM, returncode=1, stderr=NO_SUCH_CLAIM)
     fp.register(["kubectl", FakeProcess.any()], occurrences=3)
 
     report = only_releases(stack)
@@ -246,3 +255,61 @@ def test_a_cluster_that_is_gone_is_not_contacted(fp: FakeProcess, tmp_path: Path
 
     assert report.outcomes()["releases"] is Outcome.GONE
     assert commands(fp, "helm") == [] and commands(fp, "kubectl") == []
+
+
+def legacy_airflow_volume(fp: FakeProcess, policy: str) -> None:
+    """An Airflow installed by an earlier version: its history in the bundled Postgres."""
+    cluster_is_running(fp)
+    fp.register(HELM_LIST, stdout=json.dumps([{"name": "airflow", "namespace": "airflow"}]))
+    fp.register(GET_NAMESPACES, stdout=namespaces("airflow", "metaflow"))
+    fp.register(GET_LEGACY_CLAIM, stdout=json.dumps({"spec": {"volumeName": "pvc-123"}}))
+    fp.register(GET_VOLUME, stdout=json.dumps({"spec": {"persistentVolumeReclaimPolicy": policy}}))
+
+
+def test_airflows_history_in_the_old_bundled_postgres_stops_teardown_with_how_to_keep_it(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    legacy_airflow_volume(fp, "Delete")
+
+    report = empty_then_delete(stack)
+
+    assert report.failed and report.failed[0].step.name == "releases"
+    message = str(report.failed[0].error)
+    assert "\n" not in message
+    assert "data-airflow-postgresql-0" in message and "--delete-data" in message
+    assert f"kubectl --context={CONTEXT} patch pv pvc-123" in message
+    assert '"persistentVolumeReclaimPolicy":"Retain"' in message
+    assert report.outcomes()["gke"] is None, "the cluster, and the volume in it, stay"
+    uninstalls = [c for c in commands(fp, "helm") if "uninstall" in c]
+    assert uninstalls == [] and not [c for c in commands(fp, "kubectl") if "delete" in c]
+
+
+def test_a_retained_old_airflow_volume_outlives_the_namespace_so_teardown_goes_on(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    legacy_airflow_volume(fp, "Retain")
+    fp.register(["helm", FakeProcess.any()])
+    fp.register(["kubectl", FakeProcess.any()], occurrences=2)
+
+    report = only_releases(stack)
+
+    assert report.ok and report.outcomes()["releases"] is Outcome.DELETED
+
+
+def test_with_delete_data_the_old_airflow_volume_is_not_even_looked_at(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    fp.register(HELM_LIST, stdout="[]")
+    fp.register(GET_NAMESPACES, stdout=namespaces("airflow"))
+    fp.register(["kubectl", FakeProcess.any()])
+    work = teardown.Teardown(stack, delete_data=True)
+
+    report = run_steps([s for s in work.steps() if s.name == "releases"], console=stack.console,
+                       title="t")
+
+    assert report.ok
+    assert not fp.call_count(GET_LEGACY_CLAIM)

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp.config import Names
-from metaflow_gcp.errors import AlreadyExists, ConcurrentChange, InvalidArgument, StackError
+from metaflow_gcp.errors import (
+    AlreadyExists,
+    ConcurrentChange,
+    InvalidArgument,
+    NotFound,
+    StackError,
+)
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.graph import Outcome, StepRun
 
@@ -45,30 +51,49 @@ class Binding:
 
 
 def accounts(n: Names) -> dict[str, str]:
-    """Account id -> display name, for the two accounts the stack owns."""
+    """Account id -> display name, for the three accounts the stack owns."""
     return {
-        n.workload_sa_id: f"Metaflow workloads ({n.stack})",
+        n.services_sa_id: f"Metaflow services ({n.stack}): metadata DB, UI",
+        n.steps_sa_id: f"Metaflow steps ({n.stack}): user code",
         n.node_sa_id: f"GKE nodes of Metaflow ({n.stack})",
     }
 
 
-def project_bindings(n: Names) -> list[Binding]:
-    """Least privilege: data in one bucket, SQL connect to this stack's instances, node basics."""
-    workload = f"serviceAccount:{n.workload_sa}"
+# In a dry run, or before the first run read it, the project number is not known.
+UNKNOWN_PROJECT_NUMBER = "PROJECT_NUMBER"
+
+
+def _datastore(n: Names, purpose: str) -> Condition:
+    return Condition(
+        f"metaflow-{n.stack}-datastore-only",
+        f'resource.name == "projects/_/buckets/{n.data_bucket}" || '
+        f'resource.name.startsWith("projects/_/buckets/{n.data_bucket}/")',
+        purpose,
+    )
+
+
+def user_secrets_condition(n: Names, project_number: str) -> Condition:
+    """Secret Manager names resources by project number, never by id."""
+    return Condition(
+        f"metaflow-{n.stack}-user-secrets-only",
+        f'resource.name.startsWith("projects/{project_number}/secrets/{n.user_secret_prefix}")',
+        "user steps may read this stack's user secrets only",
+    )
+
+
+def project_bindings(n: Names, project_number: str) -> list[Binding]:
+    """Least privilege, one identity per trust level.
+
+    The services (metadata service, UI backend) reach Cloud SQL and read artifacts; user
+    steps read and write the datastore and read the stack's user secrets, and cannot reach
+    the database; the nodes get the node basics.
+    """
+    services = f"serviceAccount:{n.services_sa}"
+    steps = f"serviceAccount:{n.steps_sa}"
     return [
         Binding(
-            "roles/storage.objectAdmin",
-            workload,
-            Condition(
-                f"metaflow-{n.stack}-datastore-only",
-                f'resource.name == "projects/_/buckets/{n.data_bucket}" || '
-                f'resource.name.startsWith("projects/_/buckets/{n.data_bucket}/")',
-                "Metaflow may read and write objects in its own datastore bucket only",
-            ),
-        ),
-        Binding(
             "roles/cloudsql.client",
-            workload,
+            services,
             Condition(
                 f"metaflow-{n.stack}-sql-only",
                 'resource.service == "sqladmin.googleapis.com" && resource.name.startsWith('
@@ -76,8 +101,31 @@ def project_bindings(n: Names) -> list[Binding]:
                 "the Cloud SQL proxy may connect to this stack's instances only",
             ),
         ),
+        Binding(
+            "roles/storage.objectViewer",
+            services,
+            _datastore(n, "the UI backend may read artifacts in its own datastore bucket only"),
+        ),
+        Binding(
+            "roles/storage.objectUser",
+            steps,
+            _datastore(n, "user steps may read and write objects in their datastore bucket only"),
+        ),
+        Binding(
+            "roles/secretmanager.secretAccessor",
+            steps,
+            user_secrets_condition(n, project_number),
+        ),
         Binding("roles/container.defaultNodeServiceAccount", f"serviceAccount:{n.node_sa}"),
     ]
+
+
+def project_number(gcloud: Gcloud, n: Names) -> str:
+    """The number Secret Manager (and IAM conditions on it) name the project by."""
+    found = gcloud.read(
+        "projects", "describe", n.project, dry={"projectNumber": UNKNOWN_PROJECT_NUMBER}
+    )
+    return str(found["projectNumber"])
 
 
 # -- service accounts -------------------------------------------------------------------
@@ -255,33 +303,93 @@ def edit_policy(
             raise StackError(f"could not update the IAM policy ({what}) after {attempt} tries")
 
 
-def ensure_project_bindings(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+def ensure_project_bindings(
+    gcloud: Gcloud, n: Names, run: StepRun, *, project_number: str
+) -> Outcome:
     return edit_policy(
         gcloud,
         ["projects", "get-iam-policy", n.project],
         ["projects", n.project],
-        project_bindings(n),
+        project_bindings(n, project_number),
         run,
         what=f"project {n.project}",
     )
 
 
 def workload_identity_bindings(n: Names, ksas: list[tuple[str, str]]) -> list[Binding]:
-    """Let these Kubernetes service accounts (namespace, name) act as the workload account."""
+    """The members that let these Kubernetes service accounts (namespace, name) act as a GSA."""
     return [
         Binding(WORKLOAD_IDENTITY_USER, f"serviceAccount:{n.workload_pool}[{ns}/{ksa}]")
         for ns, ksa in ksas
     ]
 
 
+def _account_policy(gsa_email: str) -> tuple[list[str], list[str]]:
+    return (
+        ["iam", "service-accounts", "get-iam-policy", gsa_email],
+        ["iam", "service-accounts", gsa_email],
+    )
+
+
 def ensure_workload_identity(
-    gcloud: Gcloud, n: Names, ksas: list[tuple[str, str]], run: StepRun
+    gcloud: Gcloud, n: Names, gsa_email: str, ksas: list[tuple[str, str]], run: StepRun
 ) -> Outcome:
+    """Let exactly these (namespace, KSA) pairs act as `gsa_email` (adds what is missing)."""
+    get, target = _account_policy(gsa_email)
     return edit_policy(
         gcloud,
-        ["iam", "service-accounts", "get-iam-policy", n.workload_sa],
-        ["iam", "service-accounts", n.workload_sa],
+        get,
+        target,
         workload_identity_bindings(n, ksas),
         run,
-        what=f"Workload Identity on {n.workload_sa_id}",
+        what=f"Workload Identity on {gsa_email.split('@', maxsplit=1)[0]}",
     )
+
+
+def prune_workload_identity(
+    gcloud: Gcloud, n: Names, gsa_email: str, ksas: list[tuple[str, str]], run: StepRun
+) -> Outcome:
+    """Take these (namespace, KSA) members off `gsa_email`; GONE when the account is gone."""
+    if not gcloud.dry_run and gsa_email not in existing_accounts(gcloud):
+        return Outcome.GONE
+    get, target = _account_policy(gsa_email)
+    members = {b.member for b in workload_identity_bindings(n, ksas)}
+    changed = remove_members(gcloud, get, target, members, run, role=WORKLOAD_IDENTITY_USER)
+    return Outcome.DELETED if changed else Outcome.KEPT
+
+
+def remove_project_members(gcloud: Gcloud, n: Names, emails: list[str], run: StepRun) -> bool:
+    """Every project binding of these accounts, conditional or not; True if any went."""
+    return remove_members(
+        gcloud,
+        ["projects", "get-iam-policy", n.project],
+        ["projects", n.project],
+        {f"serviceAccount:{e}" for e in emails},
+        run,
+    )
+
+
+def delete_accounts(gcloud: Gcloud, emails: list[str], run: StepRun) -> Outcome:
+    """Delete those of `emails` that exist (a dry run shows them all)."""
+    have = set() if gcloud.dry_run else existing_accounts(gcloud)
+    ours = [e for e in emails if gcloud.dry_run or e in have]
+    if not ours:
+        return Outcome.GONE
+    run.before_change(f"delete service accounts {', '.join(ours)}", new=False)
+    for email in ours:
+        try:
+            gcloud.mutate("iam", "service-accounts", "delete", email, "--quiet", fmt=None)
+        except NotFound:
+            continue
+    return Outcome.DELETED
+
+
+def retire_legacy_account(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """The one `mf-<stack>-workload` account of earlier versions: unbind it, then delete it.
+
+    Call it only once nothing runs as it any more (services.up, after the releases moved).
+    """
+    if not gcloud.dry_run and n.legacy_workload_sa not in existing_accounts(gcloud):
+        return Outcome.GONE
+    remove_project_members(gcloud, n, [n.legacy_workload_sa], run)
+    return delete_accounts(gcloud, [n.legacy_workload_sa], run)

@@ -1,4 +1,5 @@
-"""The VPC: a custom-mode network, the GKE subnet, and private services access for Cloud SQL."""
+"""The VPC: a custom-mode network, the GKE subnet, private services access for Cloud SQL, and
+Cloud NAT so private nodes (no external IP) can still pull images from public registries."""
 
 from __future__ import annotations
 
@@ -111,4 +112,75 @@ def _connect(gcloud: Gcloud, n: Names) -> None:
         f"--network={n.network}",
         timeout=1800,
         fmt=None,
+    )
+
+
+# -- Cloud NAT --------------------------------------------------------------------------
+
+
+def describe_router(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
+    return gcloud.describe("compute", "routers", "describe", n.router, f"--region={n.region}")
+
+
+def ensure_router(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
+    """The Cloud Router that carries the NAT (no BGP: it only hosts the NAT config)."""
+    return create_or_keep(
+        run,
+        f"create Cloud Router {n.router} in {n.region}",
+        lambda: gcloud.mutate(
+            "compute",
+            "routers",
+            "create",
+            n.router,
+            f"--network={n.network}",
+            f"--region={n.region}",
+            timeout=900,
+        ),
+        lambda: describe_router(gcloud, n),
+        cold=cold,
+    )
+
+
+def ensure_nat(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
+    """Outbound-only NAT for every range of the region's subnets; nothing can reach in."""
+    return create_or_keep(
+        run,
+        f"create Cloud NAT {n.nat} (outbound only, for image pulls)",
+        lambda: gcloud.mutate(
+            "compute",
+            "routers",
+            "nats",
+            "create",
+            n.nat,
+            f"--router={n.router}",
+            f"--region={n.region}",
+            "--auto-allocate-nat-external-ips",
+            "--nat-all-subnet-ip-ranges",
+            timeout=900,
+            fmt=None,
+        ),
+        lambda: gcloud.describe(
+            "compute",
+            "routers",
+            "nats",
+            "describe",
+            n.nat,
+            f"--router={n.router}",
+            f"--region={n.region}",
+        ),
+        cold=cold,
+    )
+
+
+def delete_router(gcloud: Gcloud, n: Names) -> None:
+    """Deleting the router deletes its NAT with it."""
+    gcloud.mutate(
+        "compute",
+        "routers",
+        "delete",
+        n.router,
+        f"--region={n.region}",
+        "--quiet",
+        fmt=None,
+        timeout=900,
     )

@@ -1,5 +1,10 @@
 """Cloud SQL for PostgreSQL: private IP only, backups on, named by the generation counter.
 
+Hardened: only the Cloud SQL Auth Proxy and connectors may connect (connector enforcement),
+and only over TLS; deletion protection is on (teardown lifts it after its confirmation);
+point-in-time recovery keeps the write-ahead log for restores to any second. An instance
+made by an earlier version gets these by one in-place patch.
+
 Cloud SQL runs one operation per instance at a time, so the database and the user
 are made one after the other, and "another operation is in progress" (a backup
 starting right after creation, say) is waited out rather than reported.
@@ -37,15 +42,39 @@ def create_flags(s: Settings, n: Names) -> list[str]:
         "--no-assign-ip",  # private IP only, from the private services range on that network
         "--backup-start-time=03:00",
         "--storage-auto-increase",
+        *HARDENING_FLAGS,
     ]
+
+
+HARDENING_FLAGS = (
+    "--connector-enforcement=REQUIRED",
+    "--ssl-mode=ENCRYPTED_ONLY",
+    "--deletion-protection",
+    "--enable-point-in-time-recovery",
+)
+
+
+def hardening_gaps(found: dict[str, Any]) -> list[str]:
+    """What an instance lacks of the hardened shape; one `instances patch` closes all of it."""
+    settings = found.get("settings") or {}
+    gaps = []
+    if settings.get("connectorEnforcement") != "REQUIRED":
+        gaps.append("accepts connections without the Auth Proxy or a connector")
+    if (settings.get("ipConfiguration") or {}).get("sslMode") != "ENCRYPTED_ONLY":
+        gaps.append("accepts unencrypted connections")
+    if not settings.get("deletionProtectionEnabled"):
+        gaps.append("has no deletion protection")
+    if not (settings.get("backupConfiguration") or {}).get("pointInTimeRecoveryEnabled"):
+        gaps.append("has no point-in-time recovery")
+    return gaps
 
 
 def describe(gcloud: Gcloud, name: str) -> dict[str, Any] | None:
     return gcloud.describe("sql", "instances", "describe", name)
 
 
-def drift(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
-    """What an existing instance has that our settings say it should not."""
+def basics(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
+    """What an existing instance has that our settings say it should not (not patched)."""
     problems = []
     ip = found.get("settings", {}).get("ipConfiguration", {})
     if ip.get("ipv4Enabled"):
@@ -57,6 +86,11 @@ def drift(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
     if found.get("databaseVersion") != s.db_version:
         problems.append(f"runs {found.get('databaseVersion')}, settings say {s.db_version}")
     return problems
+
+
+def drift(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
+    """Everything that differs from what infra.up would make (the no-op check's judge)."""
+    return [*basics(found, s, n), *hardening_gaps(found)]
 
 
 def wait_operation(gcloud: Gcloud, run: StepRun, operation: str, what: str) -> None:
@@ -95,19 +129,32 @@ def ensure_instance(
     generation: Callable[[], int],
     bump: Callable[[], int],
     cold: bool = False,
+    tainted: Callable[[str], bool] = lambda _name: False,
+    track: Callable[[str, bool], None] = lambda _name, _healthy: None,
 ) -> Outcome:
     """Create the instance named after the current generation; on a reserved name, move on.
 
     generation/bump read and advance the counter in the state file. cold: try the create
     first; a 409 then means "exists" (describe shows it) or "reserved" (describe does not).
+    tainted(name): the state shows this tool created it and it never became usable; such
+    an instance is deleted and made again under the next generation (Cloud SQL keeps a
+    deleted name reserved). track(name, healthy) records what was created and how it went.
     """
     name = n.sql_instance(generation())
     look = not cold
+    replacing = ""
     while True:
         found = describe(gcloud, name) if look else None
+        if found is not None and found.get("state") == "FAILED" and tainted(name):
+            replacing = _replace(gcloud, run, name, found)
+            name = n.sql_instance(bump())
+            found = None
         if found is not None:
-            return _existing(gcloud, s, n, run, name, found)
-        run.before_change(f"create Cloud SQL instance {name} ({s.db_version}, {s.db_tier})")
+            outcome = _existing(gcloud, s, n, run, name, found)
+            track(name, True)
+            return outcome
+        if not replacing:
+            run.before_change(f"create Cloud SQL instance {name} ({s.db_version}, {s.db_tier})")
         run.note(f"creating {name}")
         try:
             result = gcloud.mutate(
@@ -122,10 +169,65 @@ def ensure_instance(
             run.note(f"{name} is reserved by a deleted instance; using {new_name}")
             name = new_name
             continue
+        track(name, False)
         if gcloud.dry_run:
             return Outcome.CREATED
         wait_operation(gcloud, run, str(result.json()["name"]), f"creating {name}")
+        track(name, True)
         return Outcome.CREATED
+
+
+def _replace(gcloud: Gcloud, run: StepRun, name: str, found: dict[str, Any]) -> str:
+    """Delete a FAILED instance this tool made (it never held data); its name stays reserved."""
+    run.before_change(
+        f"replace Cloud SQL instance {name}: this tool created it and it never became usable "
+        f"({found.get('state')}); delete it and create the next generation"
+    )
+    run.note(f"deleting the failed {name}")
+    if (found.get("settings") or {}).get("deletionProtectionEnabled"):
+        lift_deletion_protection(gcloud, run, name)
+    result = gcloud.mutate("sql", "instances", "delete", name, "--quiet", "--async")
+    if not gcloud.dry_run:
+        wait_operation(gcloud, run, str(result.json()["name"]), f"deleting {name}")
+    return name
+
+
+def lift_deletion_protection(gcloud: Gcloud, run: StepRun, name: str) -> None:
+    """Only after the user's word (teardown's confirmation, or a tainted replace)."""
+    result = _retry_busy(
+        run,
+        lambda: gcloud.mutate(
+            "sql", "instances", "patch", name, "--no-deletion-protection", "--quiet", "--async"
+        ),
+    )
+    if not gcloud.dry_run:
+        what = f"{name}: lifting deletion protection"
+        wait_operation(gcloud, run, str(result.json()["name"]), what)
+
+
+def ensure_hardened(gcloud: Gcloud, instance: str, run: StepRun, *, just_created: bool) -> Outcome:
+    """Patch an instance of an earlier version to the hardened shape, all in one operation.
+
+    Connector enforcement cuts off clients that connect without the Auth Proxy: the
+    services of this stack all use it.
+    """
+    if just_created and not gcloud.dry_run:
+        return Outcome.KEPT  # made by this run, with every hardening flag
+    found = describe(gcloud, instance) or {}
+    gaps = hardening_gaps(found) if found else ["(to be checked)"]
+    if found and not gaps:
+        return Outcome.KEPT
+    run.before_change(f"harden Cloud SQL instance {instance}: {'; '.join(gaps)}", new=False)
+    run.note(f"patching {instance}")
+    result = _retry_busy(
+        run,
+        lambda: gcloud.mutate(
+            "sql", "instances", "patch", instance, *HARDENING_FLAGS, "--quiet", "--async"
+        ),
+    )
+    if not gcloud.dry_run:
+        wait_operation(gcloud, run, str(result.json()["name"]), f"hardening {instance}")
+    return Outcome.UPDATED
 
 
 def _existing(
@@ -140,9 +242,10 @@ def _existing(
     if state not in ("RUNNABLE", "MAINTENANCE"):
         raise StackError(
             f"Cloud SQL instance {name} is {state}. Fix: check it in the Cloud Console; "
-            "if it is broken, delete it and re-run (a new generation is used)"
+            "if it is broken, delete it and re-run (a new generation is used). It was not "
+            "made by this tool, or it once worked, so it is not replaced automatically"
         )
-    problems = drift(found, s, n)
+    problems = basics(found, s, n)
     if problems:
         run.note(f"{name} {'; '.join(problems)} (not changed automatically)")
     return Outcome.KEPT

@@ -80,6 +80,7 @@ def initial_state(fake: FakeGcpApi) -> dict[str, Any]:
         "networks": {},  # name -> compute#network
         "subnetworks": {},  # "region/name" -> compute#subnetwork
         "addresses": {},  # name -> compute#address (global)
+        "routers": {},  # "region/name" -> compute#router (its Cloud NATs in "nats")
         "connections": {},  # network name -> servicenetworking Connection
         "service_accounts": {},  # email -> iam ServiceAccount
         "sa_iam_policies": {},  # email -> Policy

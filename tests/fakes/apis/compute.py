@@ -1,4 +1,5 @@
-"""Compute Engine: networks, subnetworks, global addresses and their operations."""
+"""Compute Engine: networks, subnetworks, global addresses, routers (with Cloud NAT) and their
+operations."""
 
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ class Compute:
                     "compute.subnetworks.aggregatedList",
                     self.aggregated_subnets,
                 ),
+                ("GET", r + "/routers", "compute.routers.list", self.list_routers),
+                ("POST", r + "/routers", "compute.routers.insert", self.insert_router),
+                ("GET", r + "/routers/{name}", "compute.routers.get", self.get_router),
+                ("PATCH", r + "/routers/{name}", "compute.routers.patch", self.patch_router),
+                ("DELETE", r + "/routers/{name}", "compute.routers.delete", self.delete_router),
                 ("GET", g + "/addresses", "compute.globalAddresses.list", self.list_addresses),
                 ("POST", g + "/addresses", "compute.globalAddresses.insert", self.insert_address),
                 ("GET", g + "/addresses/{name}", "compute.globalAddresses.get", self.get_address),
@@ -213,6 +219,10 @@ class Compute:
                 raise self._in_use("network", rel, self._rel("addresses", addr["name"]))
         if name in self.fake.state["connections"]:
             raise self._in_use("network", rel, f"{rel}/peerings/servicenetworking-googleapis-com")
+        for key, router in self.fake.state["routers"].items():
+            if self.network_name_from(router["network"]) == name:
+                region, router_name = key.split("/")
+                raise self._in_use("network", rel, self._rel("routers", router_name, region))
         link = self._link(c, "networks", name)
         return self._op(
             c, "delete", link, on_done=lambda: self.fake.state["networks"].pop(name, None)
@@ -411,4 +421,100 @@ class Compute:
             "delete",
             addr["selfLink"],
             on_done=lambda: self.fake.state["addresses"].pop(name, None),
+        )
+
+    # -- routers and Cloud NAT -------------------------------------------------------
+    # A NAT is not a resource of its own: `routers nats create` reads the router and
+    # PATCHes it with the longer `nats` list; deleting the router takes its NATs along.
+    def list_routers(self, c: Call) -> dict[str, Any]:
+        items = [
+            copy.deepcopy(r)
+            for k, r in self.fake.state["routers"].items()
+            if k.startswith(c.params["region"] + "/")
+        ]
+        return {"kind": "compute#routerList", "items": items}
+
+    def _router(self, c: Call) -> dict[str, Any]:
+        found: dict[str, Any] | None = self.fake.state["routers"].get(
+            f"{c.params['region']}/{c.params['name']}"
+        )
+        if found is None:
+            rel = self._rel("routers", c.params["name"], c.params["region"])
+            raise not_found(f"The resource '{rel}' was not found")
+        return found
+
+    def get_router(self, c: Call) -> dict[str, Any]:
+        return copy.deepcopy(self._router(c))
+
+    def insert_router(self, c: Call) -> dict[str, Any]:
+        body = c.body or {}
+        region, name = c.params["region"], body.get("name", "")
+        self._validate_name(name)
+        net_name = self.network_name_from(body.get("network", ""))
+        if net_name not in self.fake.state["networks"]:
+            raise not_found(f"The resource '{self._rel('networks', net_name)}' was not found")
+        key = f"{region}/{name}"
+        if key in self.fake.state["routers"]:
+            raise already_exists(
+                f"The resource '{self._rel('routers', name, region)}' already exists"
+            )
+        link = self._link(c, "routers", name, region)
+        self.fake.state["routers"][key] = {
+            "kind": "compute#router",
+            "id": new_id(),
+            "creationTimestamp": now_rfc3339(),
+            "name": name,
+            "network": self.fake.state["networks"][net_name]["selfLink"],
+            "region": f"{c.base_url}/projects/{self.fake.project}/regions/{region}",
+            "selfLink": link,
+            "encryptedInterconnectRouter": False,
+            **({"nats": body["nats"]} if body.get("nats") else {}),
+        }
+        return self._op(
+            c,
+            "insert",
+            link,
+            region=region,
+            on_error=lambda: self.fake.state["routers"].pop(key, None),
+        )
+
+    def patch_router(self, c: Call) -> dict[str, Any]:
+        router = self._router(c)
+        body = c.body or {}
+        for nat in body.get("nats") or []:
+            ranges = nat.get("sourceSubnetworkIpRangesToNat")
+            if ranges not in ("ALL_SUBNETWORKS_ALL_IP_RANGES", "LIST_OF_SUBNETWORKS",
+                              "ALL_SUBNETWORKS_ALL_PRIMARY_IP_RANGES"):
+                raise bad_request(
+                    f"Invalid value for field 'resource.nats[0].sourceSubnetworkIpRangesToNat':"
+                    f" '{ranges}'."
+                )
+        previous = copy.deepcopy(router)
+
+        def done() -> None:
+            router.update({k: v for k, v in body.items() if k in ("nats", "bgp", "bgpPeers")})
+            for nat in router.get("nats") or []:
+                nat.setdefault("natIpAllocateOption", "AUTO_ONLY")
+                nat.setdefault("enableEndpointIndependentMapping", False)
+                nat.setdefault("type", "PUBLIC")
+                nat.setdefault("endpointTypes", ["ENDPOINT_TYPE_VM"])
+
+        def failed() -> None:
+            router.clear()
+            router.update(previous)
+
+        return self._op(
+            c, "patch", router["selfLink"], region=c.params["region"], on_done=done,
+            on_error=failed,
+        )
+
+    def delete_router(self, c: Call) -> dict[str, Any]:
+        router = self._router(c)
+        key = f"{c.params['region']}/{c.params['name']}"
+        return self._op(
+            c,
+            "delete",
+            router["selfLink"],
+            region=c.params["region"],
+            on_done=lambda: self.fake.state["routers"].pop(key, None),
         )

@@ -46,6 +46,19 @@ class Container:
                 ("POST", loc + "/clusters", "container.clusters.create", self.create),
                 ("GET", loc + "/clusters/{name}", "container.clusters.get", self.get),
                 ("DELETE", loc + "/clusters/{name}", "container.clusters.delete", self.delete),
+                ("PUT", loc + "/clusters/{name}", "container.clusters.update", self.update),
+                (
+                    "GET",
+                    loc + "/clusters/{name}/nodePools/{pool}",
+                    "container.nodePools.get",
+                    self.get_pool,
+                ),
+                (
+                    "PUT",
+                    loc + "/clusters/{name}/nodePools/{pool}",
+                    "container.nodePools.update",
+                    self.update_pool,
+                ),
                 ("GET", loc + "/operations", "container.operations.list", self.list_ops),
                 ("GET", loc + "/operations/{op}", "container.operations.get", self.get_op),
                 ("GET", loc + "/serverConfig", "container.getServerConfig", self.server_config),
@@ -140,6 +153,7 @@ class Container:
                     f"{np.get('name')}",
                 }
             )
+        _apply_defaults(spec)
         cluster = {
             **spec,
             "name": name,
@@ -158,6 +172,7 @@ class Container:
             "servicesIpv4Cidr": "10.8.0.0/20",
             "labelFingerprint": "a9dc16a7",
         }
+        cluster["nodeConfig"] = copy.deepcopy((cluster.get("nodePools") or [{}])[0].get("config", {}))
         self.fake.state["clusters"][key] = cluster
 
         def done() -> None:
@@ -191,6 +206,99 @@ class Container:
 
         return self._op(
             c, "DELETE_CLUSTER", c.params["location"], cluster["name"], done, failed, failed
+        )
+
+    def _busy(self, cluster: dict[str, Any]) -> None:
+        if cluster.get("status") != "RUNNING":
+            raise bad_request(
+                f"Cluster is not running: {cluster['name']} is {cluster.get('status')}.",
+                status="FAILED_PRECONDITION",
+            )
+
+    def update(self, c: Call) -> dict[str, Any]:
+        """`clusters update`: one field per call, as gcloud sends it (``update.desired*``)."""
+        cluster = self._cluster(c)
+        self._busy(cluster)
+        update = (c.body or {}).get("update") or {}
+        known = {
+            "desiredNodeKubeletConfig",
+            "desiredDefaultEnablePrivateNodes",
+            "desiredControlPlaneEndpointsConfig",
+            "desiredShieldedNodes",
+            "desiredDatapathProvider",
+        }
+        if not update or set(update) - known:
+            raise bad_request(f"The fake does not model the update {sorted(update)}.")
+        if "desiredDatapathProvider" in update:  # GKE picks the dataplane at creation only
+            raise bad_request(
+                "Updating the datapath provider of an existing cluster is not supported."
+            )
+        cluster["status"] = "RECONCILING"
+
+        def done() -> None:
+            cluster["status"] = "RUNNING"
+            if "desiredNodeKubeletConfig" in update:
+                defaults = cluster.setdefault("nodePoolDefaults", {}).setdefault(
+                    "nodeConfigDefaults", {}
+                )
+                defaults["nodeKubeletConfig"] = update["desiredNodeKubeletConfig"]
+            if "desiredDefaultEnablePrivateNodes" in update:
+                enabled = bool(update["desiredDefaultEnablePrivateNodes"])
+                cluster.setdefault("networkConfig", {})["defaultEnablePrivateNodes"] = enabled
+                cluster.setdefault("privateClusterConfig", {})["enablePrivateNodes"] = enabled
+            if "desiredShieldedNodes" in update:
+                cluster["shieldedNodes"] = update["desiredShieldedNodes"]
+            endpoints = update.get("desiredControlPlaneEndpointsConfig")
+            if endpoints:  # a PATCH-like merge: only the fields sent change
+                ip = cluster.setdefault("controlPlaneEndpointsConfig", {}).setdefault(
+                    "ipEndpointsConfig", {}
+                )
+                ip.update(endpoints.get("ipEndpointsConfig") or {})
+                cluster.pop("masterAuthorizedNetworksConfig", None)
+                _mirror_authorized_networks(cluster)
+
+        def failed() -> None:
+            cluster["status"] = "RUNNING"
+
+        return self._op(
+            c, "UPDATE_CLUSTER", c.params["location"], cluster["name"], done, failed, failed
+        )
+
+    def _pool(self, c: Call) -> tuple[dict[str, Any], dict[str, Any]]:
+        cluster = self._cluster(c)
+        pool = next(
+            (p for p in cluster.get("nodePools") or [] if p.get("name") == c.params["pool"]), None
+        )
+        if pool is None:
+            raise not_found(f"Not found: node pool {c.params['pool']}.")
+        return cluster, pool
+
+    def get_pool(self, c: Call) -> dict[str, Any]:
+        return copy.deepcopy(self._pool(c)[1])
+
+    def update_pool(self, c: Call) -> dict[str, Any]:
+        """`node-pools update`: the kubelet config or the node network config of one pool."""
+        cluster, pool = self._pool(c)
+        self._busy(cluster)
+        body = c.body or {}
+        if "shieldedInstanceConfig" in body:
+            raise bad_request("Shielded instance config of a node pool cannot be updated.")
+        cluster["status"] = "RECONCILING"
+
+        def done() -> None:
+            cluster["status"] = "RUNNING"
+            config = pool.setdefault("config", {})
+            if "kubeletConfig" in body:
+                config.setdefault("kubeletConfig", {}).update(body["kubeletConfig"])
+            if "nodeNetworkConfig" in body:
+                pool.setdefault("networkConfig", {}).update(body["nodeNetworkConfig"])
+            cluster["nodeConfig"] = copy.deepcopy(cluster["nodePools"][0].get("config", {}))
+
+        def failed() -> None:
+            cluster["status"] = "RUNNING"
+
+        return self._op(
+            c, "UPGRADE_NODES", c.params["location"], cluster["name"], done, failed, failed
         )
 
     def _op(
@@ -243,3 +351,52 @@ def ca_b64(fake: FakeGcpApi) -> str:
     if fake.tls is not None:
         return base64.b64encode(fake.tls.ca_cert.read_bytes()).decode()
     return base64.b64encode(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").decode()
+
+
+def _apply_defaults(spec: dict[str, Any]) -> None:
+    """What GKE fills in: node pools inherit the cluster's defaults, and the older fields
+    mirror the newer ones (privateClusterConfig, masterAuthorizedNetworksConfig)."""
+    network = spec.setdefault("networkConfig", {})
+    network.setdefault("datapathProvider", "LEGACY_DATAPATH")
+    private = bool(network.get("defaultEnablePrivateNodes"))
+    spec["privateClusterConfig"] = {**spec.get("privateClusterConfig", {}),
+                                    "enablePrivateNodes": private}
+    spec.setdefault("shieldedNodes", {"enabled": True})
+    kubelet = (
+        ((spec.get("nodePoolDefaults") or {}).get("nodeConfigDefaults") or {}).get(
+            "nodeKubeletConfig"
+        )
+        or {}
+    )
+    # GKE before 1.33 leaves the read-only port on unless told otherwise.
+    readonly = kubelet.get("insecureKubeletReadonlyPortEnabled", True)
+    for pool in spec.get("nodePools") or []:
+        config = pool.setdefault("config", {})
+        config.setdefault("kubeletConfig", {}).setdefault(
+            "insecureKubeletReadonlyPortEnabled", readonly
+        )
+        config.setdefault(
+            "shieldedInstanceConfig", {"enableSecureBoot": False, "enableIntegrityMonitoring": True}
+        ).setdefault("enableSecureBoot", False)
+        pool.setdefault("networkConfig", {}).setdefault("enablePrivateNodes", private)
+    _mirror_authorized_networks(spec)
+
+
+def _mirror_authorized_networks(cluster: dict[str, Any]) -> None:
+    config = (
+        ((cluster.get("controlPlaneEndpointsConfig") or {}).get("ipEndpointsConfig") or {}).get(
+            "authorizedNetworksConfig"
+        )
+        or cluster.get("masterAuthorizedNetworksConfig")
+        or {"enabled": False}
+    )
+    cluster["masterAuthorizedNetworksConfig"] = copy.deepcopy(config)
+    endpoints = cluster.setdefault("controlPlaneEndpointsConfig", {})
+    ip = endpoints.setdefault("ipEndpointsConfig", {})
+    ip["authorizedNetworksConfig"] = copy.deepcopy(config)
+    ip.setdefault("enabled", True)  # the IP endpoints, public one included, as GKE defaults
+    ip.setdefault("enablePublicEndpoint", True)
+    endpoints.setdefault(
+        "dnsEndpointConfig",
+        {"endpoint": f"gke-{cluster.get('name', 'c')}.gke.goog", "allowExternalTraffic": False},
+    )

@@ -41,6 +41,7 @@ PROJECT_ROLES = frozenset(
         "browser",
         "storage.objectAdmin",
         "storage.objectViewer",
+        "storage.objectUser",
         "storage.objectCreator",
         "storage.admin",
         "cloudsql.client",

@@ -176,6 +176,12 @@ class Sql:
         settings.setdefault("dataDiskSizeGb", "10")
         settings.setdefault("pricingPlan", "PER_USE")
         settings.setdefault("activationPolicy", "ALWAYS")
+        # The API's defaults for what hardening changes (it returns them explicitly).
+        settings.setdefault("connectorEnforcement", "NOT_REQUIRED")
+        settings.setdefault("deletionProtectionEnabled", False)
+        ipc.setdefault("sslMode", "ALLOW_UNENCRYPTED_AND_ENCRYPTED")
+        backup = settings.setdefault("backupConfiguration", {"enabled": False})
+        backup.setdefault("pointInTimeRecoveryEnabled", False)
         inst = {
             **body,
             "kind": "sql#instance",
@@ -230,6 +236,12 @@ class Sql:
         inst = self._inst(c)
         name = inst["name"]
         self._busy(name)
+        if inst.get("settings", {}).get("deletionProtectionEnabled"):
+            raise bad_request(
+                "The instance is protected from deletion. Disable deletion protection "
+                "(settings.deletionProtectionEnabled) and try again.",
+                reason="deletionProtectionEnabled",
+            )
         previous = inst["state"]
         inst["state"] = "PENDING_DELETE"
 
@@ -266,12 +278,15 @@ class Sql:
         self._busy(inst["name"])
         patch = c.body or {}
 
+        for field, allowed in (
+            ("connectorEnforcement", ("REQUIRED", "NOT_REQUIRED")),
+        ):
+            value = (patch.get("settings") or {}).get(field)
+            if value is not None and value not in allowed:
+                raise bad_request(f"Invalid value for {field}: {value}.", reason="invalid")
+
         def done() -> None:
-            for key, value in patch.items():
-                if isinstance(value, dict) and isinstance(inst.get(key), dict):
-                    inst[key].update(value)
-                else:
-                    inst[key] = value
+            _merge(inst, {k: v for k, v in patch.items() if k not in ("kind", "name", "project")})
 
         return self._op(c, "UPDATE", inst["name"], on_done=done)
 
@@ -432,3 +447,12 @@ class Sql:
             instance,
             on_done=lambda: self.fake.state["sql_users"].get(instance, {}).pop(name, None),
         )
+
+
+def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    """PATCH semantics: nested messages merge field by field; lists and scalars replace."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
