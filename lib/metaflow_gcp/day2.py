@@ -53,6 +53,7 @@ def port_forward(stack: Stack) -> None:
     from metaflow_gcp import portforward
 
     preflight(stack, "kubectl")
+    _require_context(stack)
     kubectl = Kubectl(stack.runner, stack.names.kube_context)
     forwards = portforward.forwards_for(stack.settings.deploy_argo, stack.settings.deploy_airflow)
     portforward.run_port_forward(kubectl, forwards, stack.console)
