@@ -54,8 +54,18 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+BENCHMARKS = ("infra_up", "teardown")
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (not tests): infra.up against the fake with injected latencies; prints ratios."""
+    """Benchmarks (not tests): infra.up and teardown against the fakes; prints every ratio.
+
+    `nox -s bench` runs both; `nox -s bench -- teardown --gke 30` one, with its options.
+    """
     session.install("-e", ".[test]")
-    session.run("python", "-m", "bench.infra_up", *session.posargs)
+    if session.posargs and session.posargs[0] in BENCHMARKS:
+        session.run("python", "-m", f"bench.{session.posargs[0]}", *session.posargs[1:])
+        return
+    for name in BENCHMARKS:
+        session.run("python", "-m", f"bench.{name}", *session.posargs)

@@ -84,6 +84,29 @@ def _switch(name: str, on: bool, off: bool) -> bool | None:
     return True if on else (False if off else None)
 
 
+def _positional(task_name: str, value: str) -> str:
+    """A positional value that starts with '-' is a flag Invoke handed over as the value.
+
+    Invoke 3.0.3 (pyinvoke/invoke#982) lets a task's missing positional swallow the next
+    token, so `inv airflow.upload-dag --help` would run the task with the path '--help'.
+    Show the help it asked for; refuse any other flag in that place in one line.
+    """
+    from invoke.exceptions import Exit
+
+    if value in ("--help", "-h"):
+        from invoke import Program
+
+        Program(namespace=ns, binary="inv").run(["inv", "--help", task_name], exit=False)
+        raise Exit(code=0)
+    if value.startswith("-"):
+        raise Exit(
+            f"error: {value}: is not a path, and {task_name} takes a path first. "
+            f"Fix: inv {task_name} my-dag.py {value}",
+            code=2,
+        )
+    return value
+
+
 # -- infra ------------------------------------------------------------------------------
 
 
@@ -168,31 +191,39 @@ def services_up(
 @task(
     auto_shortflags=False,
     name="upload-dag",
-    iterable=["path"],
     positional=["path"],
+    iterable=["also"],
     help={
         **COMMON,
-        "path": "DAG file(s) or a folder of them (repeatable)",
+        "path": "a DAG file, or a folder: all its *.py files",
+        "also": "PATH: one more DAG file or folder; repeatable (--also b.py --also dags/)",
         "dest-name": "file name in the DAGs folder (one file only)",
         "namespace": "Airflow's namespace (default: airflow)",
-        "dry-run": "print the commands; touch nothing",
+        "dry-run": "check the files and print the commands; touch nothing",
     },
 )
 def upload_dag(
     c: Context,
-    path: list[str],
+    path: str,
+    also: list[str] | None = None,
     var_file: str | None = None,
     dest_name: str | None = None,
     namespace: str = "airflow",
     dry_run: bool = False,
     verbose: bool = False,
 ) -> None:
-    """Copy Metaflow-generated Airflow DAG files to the Airflow scheduler, and verify them."""
+    """Copy Metaflow-generated Airflow DAG files to the Airflow scheduler, and verify them.
+
+    inv airflow.upload-dag my-dag.py            one file
+    inv airflow.upload-dag dags/                every *.py in a folder
+    inv airflow.upload-dag a.py --also b.py     several (Invoke takes one positional)
+    """
+    paths = [_positional("airflow.upload-dag", path), *(also or [])]
     with _boundary(verbose):
         from metaflow_gcp import day2
 
         stack = _open(c, var_file, dry_run=dry_run, verbose=verbose)
-        day2.upload_dag(stack, path, dest_name=dest_name, namespace=namespace)
+        day2.upload_dag(stack, paths, dest_name=dest_name, namespace=namespace)
 
 
 # -- day 2 ------------------------------------------------------------------------------

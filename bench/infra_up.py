@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -310,19 +311,26 @@ def time_tool_cold(fake: FakeCloud, latencies: dict[str, float]) -> tuple[float,
     return wall, stack.runner.count("gcloud")
 
 
+def gcloud_counter(tmp: Path) -> tuple[Path, Path]:
+    """A folder to put first on PATH whose `gcloud` counts its calls into a file, then execs."""
+    shim = tmp / "bin"
+    shim.mkdir()
+    counter = tmp / "count"
+    counter.write_text("")
+    real = shutil.which("gcloud")
+    if real is None:
+        raise SystemExit("gcloud is not on PATH: the benchmarks drive the real gcloud")
+    (shim / "gcloud").write_text(f'#!/bin/sh\necho x >> "{counter}"\nexec "{real}" "$@"\n')
+    (shim / "gcloud").chmod(0o755)
+    return shim, counter
+
+
 def time_noop(fake: FakeCloud, runs: int) -> tuple[float, int]:
     """A real `inv infra.up --yes` process on the finished stack: start-up included."""
     with tempfile.TemporaryDirectory() as tmp:
         var_file = Path(tmp) / "bench.tfvars"
         var_file.write_text("".join(f'{k} = "{v}"\n' for k, v in settings(fake, "tool").items()))
-        shim = Path(tmp) / "bin"
-        shim.mkdir()
-        counter = Path(tmp) / "count"
-        real = subprocess.run(
-            ["which", "gcloud"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        (shim / "gcloud").write_text(f'#!/bin/sh\necho x >> "{counter}"\nexec "{real}" "$@"\n')
-        (shim / "gcloud").chmod(0o755)
+        shim, counter = gcloud_counter(Path(tmp))
         env = {**os.environ, **fake.env, "PATH": f"{shim}:{os.environ['PATH']}"}
         times = []
         for _ in range(runs):

@@ -168,6 +168,23 @@ def _qualified(expr: ast.expr, aliases: dict[str, set[str]]) -> set[str]:
     return {f"{base}.{rest}" if rest else base for base in aliases.get(expr.id, ())}
 
 
+def check_dag_files(paths: Sequence[Path]) -> None:
+    """Check every file; one line per bad file, all of them at once, before any cluster call."""
+    problems: list[str] = []
+    for path in paths:
+        try:
+            check_dag_file(path)
+        except StackError as error:
+            problems.append(error.one_line())
+            continue
+        if ":" in str(path):
+            problems.append(
+                f"{path}: kubectl cp cannot copy a path containing ':'; rename or move the file"
+            )
+    if problems:
+        raise StackError("\n".join(problems))
+
+
 def expand_paths(paths: Sequence[str]) -> list[Path]:
     """Files stay as given; a folder becomes its *.py files (not recursive, hidden ones skipped).
 
@@ -395,19 +412,7 @@ def _plan(
             f"--dest-name '{dest_name}' must be a plain file name ending in .py "
             "(letters, digits, '_', '-', '.'; no folders, not hidden)"
         )
-    problems: list[str] = []
-    for path in paths:
-        try:
-            check_dag_file(path)
-        except StackError as error:
-            problems.append(error.one_line())
-            continue
-        if ":" in str(path):
-            problems.append(
-                f"{path}: kubectl cp cannot copy a path containing ':'; rename or move the file"
-            )
-    if problems:
-        raise StackError("\n".join(problems))
+    check_dag_files(paths)
 
     plan: list[tuple[Path, str, str]] = []
     by_name: dict[str, Path] = {}

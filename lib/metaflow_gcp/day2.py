@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.config import Names
 from metaflow_gcp.errors import StackError
 from metaflow_gcp.gcp import gke, iam, network, sql, storage
 from metaflow_gcp.kube import Kubectl
@@ -21,21 +23,37 @@ def upload_dag(
 
     if not paths:
         raise StackError("name at least one DAG file. Fix: inv airflow.upload-dag my-dag.py")
-    files = airflow_dags.expand_paths(paths)  # checks every file before any cluster call
+    files = airflow_dags.expand_paths(paths)
+    airflow_dags.check_dag_files(files)  # a bad file is one line, before any cluster call
     preflight(stack, "kubectl")
+    _require_context(stack)
     kubectl = Kubectl(stack.runner, stack.names.kube_context)
     for done in airflow_dags.upload_dags(kubectl, files, namespace=namespace, dest_name=dest_name):
-        stack.console.print(f"[green]✔[/] {done}")
+        stack.console.print(f"  would copy {done}" if stack.dry_run else f"[green]✔[/] {done}")
+    if stack.dry_run:
+        return
     stack.console.print(
         "Airflow picks new DAG files up within its scan interval; the Airflow UI is on "
         "http://localhost:9090 with `inv port-forward`."
     )
 
 
+def _require_context(stack: Stack) -> None:
+    """Every kubectl call names the stack's context: without it, say how to get it."""
+    n = stack.names
+    if not stack.dry_run and not gke.has_context(n.kube_context, stack.runner.env):
+        raise StackError(
+            f"kubectl has no context '{n.kube_context}' (no cluster credentials here). Fix: "
+            f"run `inv infra.up`, or `gcloud container clusters get-credentials {n.cluster} "
+            f"--location={n.zone} --project={n.project}`"
+        )
+
+
 def port_forward(stack: Stack) -> None:
     from metaflow_gcp import portforward
 
     preflight(stack, "kubectl")
+    _require_context(stack)
     kubectl = Kubectl(stack.runner, stack.names.kube_context)
     forwards = portforward.forwards_for(stack.settings.deploy_argo, stack.settings.deploy_airflow)
     portforward.run_port_forward(kubectl, forwards, stack.console)
@@ -61,113 +79,171 @@ def unlock(stack: Stack) -> None:
 
 
 # -- status ---------------------------------------------------------------------------------
+#
+# status says only what it read. A read that failed makes that resource "unknown" (never a
+# guess of "yes" or "no"), its cause is said once (however many reads it broke), and the
+# task exits non-zero, in the table and in --json alike.
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read's answer, or why it has none."""
+
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def _read_all(reads: dict[str, Callable[[], Any]]) -> dict[str, Read]:
+    with ThreadPoolExecutor(len(reads)) as pool:
+        futures = {key: pool.submit(read) for key, read in reads.items()}
+        found: dict[str, Read] = {}
+        for key, future in futures.items():
+            try:
+                found[key] = Read(future.result())
+            except StackError as error:
+                found[key] = Read(error=error.one_line())
+    return found
 
 
 def collect_status(stack: Stack) -> dict[str, Any]:
     """Every resource and the state file, read concurrently; nothing is changed."""
     g, n, s = stack.gcloud, stack.names, stack.settings
-
-    reads: dict[str, Callable[[], Any]] = {
-        "state": stack.state.peek,
-        "network": lambda: g.describe("compute", "networks", "describe", n.network),
-        "subnet": lambda: g.describe(
-            "compute", "networks", "subnets", "describe", n.subnet, f"--region={n.region}"
-        ),
-        "psa_range": lambda: g.describe(
-            "compute", "addresses", "describe", n.psa_range, "--global"
-        ),
-        "peering": lambda: network.peerings(g, n),
-        "bucket": lambda: storage.describe(g, n),
-        "accounts": lambda: iam.existing_accounts(g),
-        "sql": lambda: sql.stack_instances(g, n),
-        "gke": lambda: gke.describe(g, n),
-        "secret": lambda: g.describe("secrets", "describe", n.db_secret),
-    }
-    with ThreadPoolExecutor(len(reads)) as pool:
-        futures = {key: pool.submit(read) for key, read in reads.items()}
-        found: dict[str, Any] = {}
-        for key, future in futures.items():
-            try:
-                found[key] = future.result()
-            except StackError as error:
-                found[key] = {"error": error.one_line()}
-    doc = found["state"] or {}
-    generation = db_generation(doc, s.db_generation_number)
-    instance = n.sql_instance(generation)
-    sql_found = next(
-        (i for i in found["sql"] or [] if isinstance(i, dict) and i.get("name") == instance), None
+    found = _read_all(
+        {
+            "state": stack.state.peek,
+            "network": lambda: g.describe("compute", "networks", "describe", n.network),
+            "subnet": lambda: g.describe(
+                "compute", "networks", "subnets", "describe", n.subnet, f"--region={n.region}"
+            ),
+            "psa_range": lambda: g.describe(
+                "compute", "addresses", "describe", n.psa_range, "--global"
+            ),
+            "peering": lambda: network.peerings(g, n),
+            "bucket": lambda: storage.describe(g, n),
+            "accounts": lambda: iam.existing_accounts(g),
+            "sql": lambda: sql.stack_instances(g, n),
+            "gke": lambda: gke.describe(g, n),
+            "secret": lambda: g.describe("secrets", "describe", n.db_secret),
+        }
     )
-    others = [
-        i.get("name")
-        for i in found["sql"] or []
-        if isinstance(i, dict) and i.get("name") != instance
-    ]
-    accounts = found["accounts"] if isinstance(found["accounts"], set) else set()
-    cluster = found["gke"]
-    bucket = found["bucket"]
+    state = found["state"]
+    doc: dict[str, Any] = state.value or {}
+    generation = None if state.failed else db_generation(doc, s.db_generation_number)
+    subnet, bucket, cluster = found["subnet"], found["bucket"], found["gke"]
     rows = [
         _row("network", n.network, found["network"]),
-        _row("subnet", n.subnet, found["subnet"], range=(found["subnet"] or {}).get("ipCidrRange")),
+        _row("subnet", n.subnet, subnet, range=_get(subnet, "ipCidrRange")),
         _row("private services range", n.psa_range, found["psa_range"]),
-        _row("private services access", n.network, bool(found["peering"]) or None),
+        _row("private services access", n.network, found["peering"]),
         _row(
             "datastore bucket",
             f"gs://{n.data_bucket}",
             bucket,
-            public_access_prevention=(bucket or {}).get("public_access_prevention"),
-            uniform_access=(bucket or {}).get("uniform_bucket_level_access"),
+            public_access_prevention=_get(bucket, "public_access_prevention"),
+            uniform_access=_get(bucket, "uniform_bucket_level_access"),
         ),
-        _row("workload service account", n.workload_sa, n.workload_sa in accounts or None),
-        _row("node service account", n.node_sa, n.node_sa in accounts or None),
-        _row(
-            "Cloud SQL instance",
-            instance,
-            sql_found,
-            state=(sql_found or {}).get("state"),
-            version=(sql_found or {}).get("databaseVersion"),
-            other_generations=others or None,
-        ),
+        *_account_rows(n, found["accounts"]),
+        _sql_row(n, found["sql"], generation),
         _row(
             "GKE cluster",
             n.cluster,
             cluster,
-            status=(cluster or {}).get("status"),
-            workload_pool=(cluster or {}).get("workloadIdentityConfig", {}).get("workloadPool"),
+            status=_get(cluster, "status"),
+            workload_pool=(_get(cluster, "workloadIdentityConfig") or {}).get("workloadPool"),
         ),
         _row("DB password secret", n.db_secret, found["secret"]),
     ]
-    lock = doc.get("lock")
+    errors = list(dict.fromkeys(r.error for r in found.values() if r.error))
     return {
         "stack": n.stack,
         "project": n.project,
+        "ok": not errors,
+        "errors": errors,
         "resources": rows,
         "state": {
             "url": stack.state.url,
-            "exists": found["state"] is not None,
+            "exists": None if state.failed else state.value is not None,
+            "error": state.error,
             "db_generation": generation,
-            "lock": lock,
-            "infra_converged": bool((doc.get("infra") or {}).get("converged")),
-            "services": doc.get("services"),
+            "lock": None if state.failed else doc.get("lock"),
+            "infra_converged": None
+            if state.failed
+            else bool((doc.get("infra") or {}).get("converged")),
+            "services": None if state.failed else doc.get("services"),
         },
     }
 
 
-def _row(kind: str, name: str, found: Any, **settings: Any) -> dict[str, Any]:
-    error = found.get("error") if isinstance(found, dict) else None
+def _get(read: Read, key: str) -> Any:
+    return read.value.get(key) if isinstance(read.value, dict) else None
+
+
+def _row(kind: str, name: str, read: Read, **settings: Any) -> dict[str, Any]:
+    """exists: True or False from a read that answered, None (unknown) from one that failed."""
     return {
         "resource": kind,
         "name": name,
-        "exists": None if error else bool(found),
-        "error": error,
-        "settings": {k: v for k, v in settings.items() if v is not None} if found else {},
+        "exists": None if read.failed else bool(read.value),
+        "error": read.error,
+        "settings": {k: v for k, v in settings.items() if v is not None},
     }
 
 
+def _account_rows(n: Names, listed: Read) -> list[dict[str, Any]]:
+    emails = {n.sa_email(account_id) for account_id in iam.accounts(n)}
+    have: set[str] = set() if listed.failed else set(listed.value or ())
+    if n.legacy_workload_sa in have:
+        emails.add(n.legacy_workload_sa)  # still there until services.up retires it
+    return [
+        _row(
+            "service account",
+            email,
+            listed if listed.failed else Read(email in have),
+        )
+        for email in sorted(emails)
+    ]
+
+
+def _sql_row(n: Names, listed: Read, generation: int | None) -> dict[str, Any]:
+    """Which instance is current comes from the state file's counter."""
+    if listed.failed:
+        return _row("Cloud SQL instance", f"{n.sql_prefix}?", listed)
+    instances = [i for i in listed.value or [] if isinstance(i, dict)]
+    if generation is None:  # the state file could not be read: list what is there
+        names = [str(i.get("name")) for i in instances]
+        return _row(
+            "Cloud SQL instance", f"{n.sql_prefix}?", Read(bool(names)), instances=names or None
+        )
+    instance = n.sql_instance(generation)
+    current = next((i for i in instances if i.get("name") == instance), None)
+    others = [str(i.get("name")) for i in instances if i.get("name") != instance]
+    return _row(
+        "Cloud SQL instance",
+        instance,
+        Read(current),
+        state=(current or {}).get("state"),
+        version=(current or {}).get("databaseVersion"),
+        other_generations=others or None,
+    )
+
+
 def status(stack: Stack, *, as_json: bool = False) -> dict[str, Any]:
+    """Print what was read; then, if any read failed, stop with its cause(s), once each."""
     report = collect_status(stack)
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True, default=sorted))
-        return report
+    elif any(not row["error"] for row in report["resources"]) or not report["state"]["error"]:
+        _print_table(stack, report)
+    if report["errors"]:
+        raise StackError("\nerror: ".join(report["errors"]))
+    return report
+
+
+def _print_table(stack: Stack, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"Stack '{report['stack']}' in {report['project']}", title_justify="left")
@@ -175,12 +251,23 @@ def status(stack: Stack, *, as_json: bool = False) -> dict[str, Any]:
         table.add_column(column)
     for row in report["resources"]:
         exists = (
-            "[red]error[/]" if row["error"] else "[green]yes[/]" if row["exists"] else "[dim]no[/]"
+            "[yellow]unknown[/]"
+            if row["exists"] is None
+            else "[green]yes[/]"
+            if row["exists"]
+            else "[dim]no[/]"
         )
-        detail = row["error"] or ", ".join(f"{k}={v}" for k, v in row["settings"].items())
+        detail = (
+            "could not be read (below)"
+            if row["error"]
+            else ", ".join(f"{k}={v}" for k, v in row["settings"].items())
+        )
         table.add_row(row["resource"], row["name"], exists, detail)
     stack.console.print(table)
     st = report["state"]
+    if st["error"]:
+        stack.console.print(f"state {st['url']}: unknown, could not be read (below)")
+        return
     lock = st["lock"]
     held = (
         f"[yellow]locked by {lock.get('holder')} ({lock.get('task')}, since {lock.get('since')})[/]"
@@ -191,4 +278,3 @@ def status(stack: Stack, *, as_json: bool = False) -> dict[str, Any]:
     stack.console.print(
         f"state {st['url']}: {presence}, DB generation {st['db_generation']}, {held}"
     )
-    return report

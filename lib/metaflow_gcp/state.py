@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp.config import Names
-from metaflow_gcp.errors import LockHeld, NotFound, PreconditionFailed, StackError
+from metaflow_gcp.errors import (
+    AlreadyExists,
+    LockHeld,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    StackError,
+)
 from metaflow_gcp.gcp.gcloud import Gcloud
 
 SCHEMA = 1
@@ -64,25 +71,43 @@ class StateStore:
     # -- bucket --------------------------------------------------------------------------
 
     def ensure_bucket(self) -> bool:
-        """Create the state bucket if missing (UBLA, no public access, versioned). True if made."""
+        """Create the state bucket if missing (UBLA, no public access, versioned). True if made.
+
+        On a brand-new project two first runs can both find no bucket and both create it;
+        the second create answers 409. That bucket is the one we wanted, so go on: the
+        lock in the document, taken next, decides which run goes ahead.
+        """
         bucket = f"gs://{self.names.state_bucket}"
-        found = self.gcloud.describe("storage", "buckets", "describe", bucket)
+        found = self._describe_bucket(bucket)
         created = False
         if found is None:
-            self.gcloud.mutate(
-                "storage",
-                "buckets",
-                "create",
-                bucket,
-                f"--location={self.location}",
-                "--uniform-bucket-level-access",
-                "--public-access-prevention",
-                fmt=None,
-            )
-            created = True
+            try:
+                self.gcloud.mutate(
+                    "storage",
+                    "buckets",
+                    "create",
+                    bucket,
+                    f"--location={self.location}",
+                    "--uniform-bucket-level-access",
+                    "--public-access-prevention",
+                    fmt=None,
+                )
+                created = True
+            except AlreadyExists:  # made by a concurrent first run a moment ago
+                found = self._describe_bucket(bucket)
         if found is None or not found.get("versioning_enabled"):
             self.gcloud.mutate("storage", "buckets", "update", bucket, "--versioning", fmt=None)
         return created
+
+    def _describe_bucket(self, bucket: str) -> dict[str, Any] | None:
+        try:
+            return self.gcloud.describe("storage", "buckets", "describe", bucket)
+        except PermissionDenied:
+            raise StackError(
+                f"{bucket} exists but this account may not read it (bucket names are global: "
+                "another project may own it). Fix: set state_bucket to a name of your own, "
+                "or ask for roles/storage.admin on it"
+            ) from None
 
     # -- reading -------------------------------------------------------------------------
 

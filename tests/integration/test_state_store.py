@@ -6,12 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metaflow_gcp.errors import LockHeld, PreconditionFailed
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.shell import Runner
 from metaflow_gcp.state import StateStore
 from tests.integration.conftest import STACK
 
@@ -99,9 +103,9 @@ def test_the_db_generation_only_moves_forward_and_respects_the_floor(
     assert store.bump_db_generation(floor=0) == 7
 
 
-def _spawn(action: str, count: int, env: dict[str, str]) -> subprocess.Popen[str]:
+def _spawn(action: str, count: int | str, env: dict[str, str], *more: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.state_worker", action, str(count)],
+        [sys.executable, "-m", "tests.integration.state_worker", action, str(count), *more],
         cwd=ROOT,
         env={**os.environ, **env, "STACK_SETTINGS": json.dumps(STACK)},
         stdout=subprocess.PIPE,
@@ -135,3 +139,63 @@ def test_two_runs_taking_the_lock_at_once_exactly_one_wins(
         assert worker.returncode == 0, err
         outcomes.append(json.loads(out))
     assert sorted(o == "won" for o in outcomes) == [False, True], outcomes
+
+
+# -- two first runs on a brand-new project: the state bucket race --------------------------
+
+
+class _OtherRunCreatesRightAfterWeLook(Gcloud):
+    """The real gcloud; the other run's bucket create and lock land just after our first look.
+
+    That is the interleaving of two administrators starting on a new project at once: both
+    find no state bucket, both create it, and one of the creates answers 409.
+    """
+
+    def __init__(self, runner: Runner, project: str, other: StateStore) -> None:
+        super().__init__(runner, project)
+        self.other: StateStore | None = other
+
+    def describe(self, *args: str) -> dict[str, Any] | None:
+        found = super().describe(*args)
+        if self.other is not None and args[:2] == ("storage", "buckets"):
+            other, self.other = self.other, None
+            assert other.ensure_bucket() is True
+            other.acquire("infra.up (the colleague)")
+        return found
+
+
+def test_the_loser_of_the_state_bucket_race_is_refused_by_the_lock_naming_the_holder(
+    store_factory: StoreFactory, gcs_env: dict[str, str]
+) -> None:
+    colleague = store_factory()
+    late = _OtherRunCreatesRightAfterWeLook(Runner(env=gcs_env), STACK["project"], colleague)
+    mine = StateStore(late, colleague.names, location="us-west2")
+    assert mine.ensure_bucket() is False  # its create met the colleague's bucket: 409, fine
+    with pytest.raises(LockHeld) as held:
+        mine.acquire("infra.up")
+    assert held.value.task == "infra.up (the colleague)"
+    assert held.value.holder == colleague.read().data["lock"]["holder"]
+    assert "already" not in str(held.value)
+    bucket = mine.gcloud.describe(
+        "storage", "buckets", "describe", f"gs://{mine.names.state_bucket}"
+    )
+    assert bucket is not None and bucket["versioning_enabled"] is True
+
+
+def test_two_first_runs_at_once_one_goes_ahead_and_the_other_is_refused_by_the_lock(
+    gcs_env: dict[str, str], store_factory: StoreFactory
+) -> None:
+    start = f"{time.time() + 3:.3f}"  # both processes are up by then and look at once
+    workers = [_spawn("first-run", f"infra.up ({who})", gcs_env, start) for who in "AB"]
+    outcomes = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err  # e.g. a 409 about the bucket would end up here
+        outcomes.append(json.loads(out))
+    assert sorted(o == "won" for o in outcomes) == [False, True], outcomes
+    winner = "A" if outcomes[0] == "won" else "B"
+    [refusal] = [o for o in outcomes if o != "won"]
+    assert refusal.startswith("refused: the stack is locked by "), refusal
+    assert f"running 'infra.up ({winner})'" in refusal
+    assert "409" not in refusal and "already" not in refusal
+    assert store_factory().read().data["lock"]["task"] == f"infra.up ({winner})"

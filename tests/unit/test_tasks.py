@@ -52,7 +52,8 @@ def test_the_invoke_config_declares_every_stack_setting() -> None:
         ("infra.up", ["--var-file", "--dry-run", "--yes", "--verbose", "--force-unlock"]),
         ("services.up", ["--argo", "--no-argo", "--airflow", "--no-airflow", "--dry-run", "--yes"]),
         ("teardown", ["--delete-data", "--dry-run", "--yes", "--verbose"]),
-        ("airflow.upload-dag", ["--dest-name", "--namespace", "--dry-run", "--var-file"]),
+        ("airflow.upload-dag", ["--path=STRING", "--also", "--dest-name", "--namespace", "--dry-run",
+                                "--var-file"]),
         ("status", ["--json", "--var-file", "--verbose"]),
     ],
 )
