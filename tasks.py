@@ -32,6 +32,12 @@ STACK_KEYS = (
     "min_nodes",
     "max_nodes",
     "subnet_range",
+    "gpu_type",
+    "gpu_per_node",
+    "gpu_max_nodes",
+    "gpu_spot",
+    "gpu_machine_type",
+    "spot_max_nodes",
 )
 
 COMMON = {
