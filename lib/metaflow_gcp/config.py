@@ -396,6 +396,12 @@ def _check_subnet(cidr: str) -> list[ConfigError]:
     return []
 
 
+def _gpu_model(name: str) -> str:
+    """ "nvidia-tesla-t4", "Tesla T4" and "t4" all name the model "t4"."""
+    parts = re.split(r"[-_ ]+", name.lower())
+    return "-".join(p for p in parts if p not in ("nvidia", "tesla"))
+
+
 def _check_node_pools(s: Settings) -> list[ConfigError]:
     """The GPU and Spot pool settings: names, counts and machine fit known offline."""
     from metaflow_gcp.gcp.accelerators import ACCELERATORS, fit_problem
@@ -425,8 +431,9 @@ def _check_node_pools(s: Settings) -> list[ConfigError]:
         return errors
     spec = ACCELERATORS.get(s.gpu_type)
     if spec is None:
-        close = difflib.get_close_matches(s.gpu_type.lower(), ACCELERATORS, n=1, cutoff=0.5)
-        close = close or [a for a in ACCELERATORS if a.endswith(s.gpu_type.lower())][:1]
+        model = _gpu_model(s.gpu_type)
+        close = [a for a in ACCELERATORS if _gpu_model(a) == model][:1]
+        close = close or difflib.get_close_matches(s.gpu_type.lower(), ACCELERATORS, n=1)
         fix = f'gpu_type = "{close[0]}"' if close else f"use one of {', '.join(ACCELERATORS)}"
         errors.append(
             ConfigError(

@@ -252,11 +252,14 @@ def ensure(
 
 def check_zone_offers(gcloud: Gcloud, s: Settings, n: Names, run: StepRun) -> Outcome:
     """Fail early, before anything costs money, when the zone has no such GPU."""
-    if gcloud.dry_run or not s.gpu_type:
+    if not s.gpu_type:
         return Outcome.KEPT
-    found = gcloud.describe(
-        "compute", "accelerator-types", "describe", s.gpu_type, f"--zone={n.zone}"
-    )
+    try:  # a dry run shows the read and takes the answer as "offered"
+        found = gcloud.read(
+            "compute", "accelerator-types", "describe", s.gpu_type, f"--zone={n.zone}", dry={}
+        )
+    except NotFound:
+        found = None
     if found is not None:
         run.note(f"{n.zone} offers {s.gpu_type}")
         return Outcome.KEPT
