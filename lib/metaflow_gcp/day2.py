@@ -9,7 +9,7 @@ from typing import Any
 
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.errors import StackError
-from metaflow_gcp.gcp import gke, iam, network, sql, storage
+from metaflow_gcp.gcp import gke, iam, network, nodepools, sql, storage
 from metaflow_gcp.kube import Kubectl
 from metaflow_gcp.state import db_generation
 
@@ -134,6 +134,8 @@ def collect_status(stack: Stack) -> dict[str, Any]:
             status=(cluster or {}).get("status"),
             workload_pool=(cluster or {}).get("workloadIdentityConfig", {}).get("workloadPool"),
         ),
+        # The optional GPU and Spot pools, from the cluster's describe (no extra call).
+        *(_row(*row[:3], **row[3]) for row in nodepools.status_rows(cluster, s)),
         _row("DB password secret", n.db_secret, found["secret"]),
     ]
     lock = doc.get("lock")

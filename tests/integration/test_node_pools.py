@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from metaflow_gcp import infra
+from metaflow_gcp import day2, infra, teardown
 from metaflow_gcp.app import Stack
 from metaflow_gcp.errors import StackError
 from metaflow_gcp.gcp import nodepools
@@ -81,7 +81,9 @@ def test_a_gpu_pool_scales_from_zero_with_the_driver_installed_and_a_taint(
     assert gpu["autoscaling"].get("minNodeCount", 0) == 0
     assert gpu["autoscaling"]["maxNodeCount"] == 2
     assert gpu.get("initialNodeCount", 0) == 0
-    assert config["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
+    assert config["taints"] == [
+        {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+    ]
     assert not config.get("spot")
     # The default pool's hardening applies here too.
     assert config["serviceAccount"] == NODE_SA
@@ -139,7 +141,9 @@ def test_a_zone_without_the_gpu_is_named_in_one_line_before_anything_is_created(
     fake_cloud: FakeCloud,
 ) -> None:
     seed_cluster(fake_cloud)
-    fake_cloud.state["accelerator_zones"] = {"nvidia-l4": {"us-west2-b", "us-west2-c", "us-central1-a"}}
+    fake_cloud.state["accelerator_zones"] = {
+        "nvidia-l4": {"us-west2-b", "us-west2-c", "us-central1-a"}
+    }
     report = run_pool_steps(make_stack(fake_cloud, gpu_type="nvidia-l4"))
     error = report.failed[0].error
     assert isinstance(error, StackError)
@@ -175,3 +179,26 @@ def test_a_cold_up_with_a_gpu_pool_converges_and_reruns_as_a_no_op(fake_cloud: F
     again = make_stack(fake_cloud, gpu_type="nvidia-l4")
     assert infra.up(again) is None
     assert mutating_kinds(fake_cloud, before) == []
+
+    # Status shows the pool from the cluster's describe.
+    rows = day2.collect_status(make_stack(fake_cloud, gpu_type="nvidia-l4"))["resources"]
+    gpu_row = next(r for r in rows if r["resource"] == "GPU node pool")
+    assert gpu_row["exists"] is True
+    assert gpu_row["settings"] == {
+        "status": "RUNNING",
+        "machine_type": "g2-standard-4",
+        "gpus": "1x nvidia-l4",
+        "nodes": "0-2",
+    }
+    assert not any(r["resource"] == "Spot node pool" for r in rows)
+
+    # The teardown preview names the pool, and the pool goes with the cluster.
+    look = make_stack(fake_cloud, gpu_type="nvidia-l4")
+    preview = run_steps(
+        teardown.Teardown(look, delete_data=True).steps(),
+        console=look.console, title="preview", plan=True, keep_going=True,
+    )  # fmt: skip
+    assert preview.states["gke"].note == "delete GKE cluster mf-it with its node pools gpu"
+    down = make_stack(fake_cloud, gpu_type="nvidia-l4")
+    assert teardown.run(down, delete_data=True).ok, output(down)
+    assert fake_cloud.state["clusters"] == {}

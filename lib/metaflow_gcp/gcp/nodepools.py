@@ -296,3 +296,47 @@ def pools_match(cluster: dict[str, Any], s: Settings) -> bool:
         ):
             return False
     return True
+
+
+# -- status and teardown: both read the pools from the cluster's describe ------------------
+
+_KINDS = {GPU_POOL: "GPU node pool", SPOT_POOL: "Spot node pool"}
+
+
+def status_rows(
+    cluster: dict[str, Any] | None, s: Settings
+) -> list[tuple[str, str, dict[str, Any] | None, dict[str, Any]]]:
+    """(kind, name, pool as found or None, key facts) for each pool asked for or present."""
+    found = {p.get("name"): p for p in (cluster or {}).get("nodePools") or []}
+    rows = []
+    for name, wanted in ((GPU_POOL, gpu_pool(s)), (SPOT_POOL, spot_pool(s))):
+        pool = found.get(name)
+        if pool is None and wanted is None:
+            continue
+        config, scaling = (pool or {}).get("config") or {}, (pool or {}).get("autoscaling") or {}
+        cards = config.get("accelerators") or []
+        facts: dict[str, Any] = {
+            "status": (pool or {}).get("status"),
+            "machine_type": config.get("machineType"),
+            "gpus": f"{cards[0].get('acceleratorCount')}x {cards[0].get('acceleratorType')}"
+            if cards
+            else None,
+            "nodes": f"{scaling.get('minNodeCount', 0)}-{scaling.get('maxNodeCount', 0)}"
+            if scaling.get("enabled")
+            else None,
+            "spot": True if config.get("spot") else None,
+        }
+        if wanted is None:
+            facts["pending"] = "the settings no longer ask for it: infra.up deletes it"
+        elif pool is not None and (replace_reasons(pool, wanted) or scaling_change(pool, wanted)):
+            facts["pending"] = "differs from the settings: see inv infra.plan"
+        rows.append((_KINDS[name], name, pool, facts))
+    return rows
+
+
+def teardown_note(cluster: dict[str, Any] | None) -> str:
+    """The preview names the pools that go with the cluster."""
+    ours = [
+        p.get("name") for p in (cluster or {}).get("nodePools") or [] if p.get("name") in _KINDS
+    ]
+    return f" with its node pools {', '.join(map(str, ours))}" if ours else ""
