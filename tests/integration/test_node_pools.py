@@ -202,3 +202,24 @@ def test_a_cold_up_with_a_gpu_pool_converges_and_reruns_as_a_no_op(fake_cloud: F
     down = make_stack(fake_cloud, gpu_type="nvidia-l4")
     assert teardown.run(down, delete_data=True).ok, output(down)
     assert fake_cloud.state["clusters"] == {}
+
+
+def test_gke_runs_one_operation_per_cluster_so_the_pools_are_made_one_after_the_other(
+    fake_cloud: FakeCloud,
+) -> None:
+    seed_cluster(fake_cloud)
+    fake_cloud.set_latency("container.nodePools.create", 60)
+    stack = make_stack(fake_cloud, spot_max_nodes=2)
+    spot = nodepools.spot_pool(stack.settings)
+    assert spot is not None
+    flags = nodepools.create_flags(spot, stack.names)
+    stack.gcloud.mutate("container", "node-pools", "create", "spot", *flags, "--async")
+    with pytest.raises(StackError, match="Cluster is running incompatible operation"):
+        stack.gcloud.mutate("container", "node-pools", "create", "other", *flags, "--async")
+    steps = {
+        s.name: s
+        for s in infra.node_pool_steps(
+            make_stack(fake_cloud, gpu_type="nvidia-l4", spot_max_nodes=2), cold=True
+        )
+    }
+    assert "gpu_pool" in steps["spot_pool"].needs

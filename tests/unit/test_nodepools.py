@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
+import pytest
+from pytest_subprocess import FakeProcess
 from rich.console import Console
 
 from metaflow_gcp import infra
 from metaflow_gcp.app import open_stack
 from metaflow_gcp.config import load_settings
-from metaflow_gcp.gcp import nodepools
+from metaflow_gcp.gcp import nodepools, operations
+from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.graph import Outcome, Step, run_steps
+from metaflow_gcp.shell import Runner
 
 GOOD = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
 
@@ -139,3 +145,24 @@ def test_a_cold_stack_without_pools_gets_no_pool_steps() -> None:
     assert infra.node_pool_steps(stack, cold=True) == []
     names = [s.name for s in infra.node_pool_steps(stack, cold=False)]
     assert names == ["gpu_pool", "spot_pool"]  # a stack built before: remove leftovers
+
+
+def test_a_pool_still_being_deleted_is_waited_for_then_made_again(
+    fp: FakeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted replace left the pool STOPPING: it is not kept as if it were fine."""
+    monkeypatch.setattr(operations, "interval", lambda age: 0.0)
+    s = load_settings({**GOOD, "gpu_type": "nvidia-l4"})
+    p = nodepools.gpu_pool(s)
+    assert p is not None
+    describe = ["gcloud", "container", "node-pools", "describe", "gpu", fp.any()]
+    create = ["gcloud", "container", "node-pools", "create", "gpu", fp.any()]
+    fp.register(describe, stdout=json.dumps(described(p, status="STOPPING")), occurrences=2)
+    fp.register(describe, returncode=1, stderr="ERROR: (gcloud) NOT_FOUND: Not found: gpu.")
+    fp.register(create, stdout="{}")
+    fp.register(describe, stdout=json.dumps(described(p)))
+    g = Gcloud(Runner(), "acme-ml-prod")
+    step = Step("p", "p", lambda r: nodepools.ensure(g, s.names(), "gpu", p, r))
+    report = run_steps([step], console=Console(file=io.StringIO()), title="t")
+    assert report.outcomes()["p"] is Outcome.CREATED, report.failed
+    assert fp.call_count(create) == 1

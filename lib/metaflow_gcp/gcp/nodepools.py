@@ -218,6 +218,9 @@ def ensure(
     if found is not None and found.get("status") in ("PROVISIONING", "RECONCILING"):
         _wait(gcloud, n, name, run, f"node pool {name} (resumed)")
         found = describe(gcloud, n, name)
+    if found is not None and found.get("status") == "STOPPING":  # a delete of an earlier run
+        _wait(gcloud, n, name, run, f"node pool {name} (deleting)", gone=True)
+        found = None
     if p is None:
         if found is None:
             return Outcome.KEPT
