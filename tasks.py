@@ -34,6 +34,12 @@ STACK_KEYS = (
     "max_nodes",
     "subnet_range",
     "authorized_networks",
+    "gpu_type",
+    "gpu_per_node",
+    "gpu_max_nodes",
+    "gpu_spot",
+    "gpu_machine_type",
+    "spot_max_nodes",
 )
 
 COMMON = {
@@ -285,6 +291,62 @@ def unlock(
         day2.unlock(_open(c, var_file, verbose=verbose, yes=yes))
 
 
+# -- user secrets (for Metaflow's @secrets) ---------------------------------------------
+
+
+@task(
+    auto_shortflags=False,
+    name="set",
+    positional=["name"],
+    help={
+        **COMMON,
+        "name": "the secret's name; a flow reads it with @secrets(sources=[NAME])",
+        "from-file": "read the value from this file (default: stdin, or a prompt that does "
+        "not echo); never pass a value on the command line",
+    },
+)
+def secrets_set(
+    c: Context,
+    name: str,
+    from_file: str | None = None,
+    var_file: str | None = None,
+    verbose: bool = False,
+) -> None:
+    """Store a user secret in Secret Manager (a new version if it exists)."""
+    with _boundary(verbose):
+        from metaflow_gcp import user_secrets
+
+        if name.startswith("-"):  # Invoke hands an option written first to the positional
+            from invoke.exceptions import Exit
+
+            raise Exit("usage: inv secrets.set NAME [--from-file FILE] (inv --help secrets.set)", 2)
+        stack = _open(c, var_file, verbose=verbose)
+        user_secrets.check_name(stack.names, name)  # before reading the value
+        user_secrets.set_secret(stack, name, user_secrets.read_value(from_file))
+
+
+@task(
+    auto_shortflags=False,
+    name="list",
+    help={**COMMON, "json": "print JSON for machines instead of a table"},
+)
+def secrets_list(
+    c: Context, var_file: str | None = None, json: bool = False, verbose: bool = False
+) -> None:
+    """List the stack's user secrets: names, versions, created (never values)."""
+    with _boundary(verbose):
+        from metaflow_gcp import user_secrets
+
+        stack = _open(c, var_file, verbose=verbose)
+        rows = user_secrets.list_secrets(stack)
+        if json:
+            import json as json_
+
+            print(json_.dumps(rows, indent=2))
+        else:
+            user_secrets.print_list(stack, rows)
+
+
 infra = Collection("infra", up, plan)
 services_ns = Collection("services")
 services_ns.add_task(services_up, default=False)
@@ -294,5 +356,6 @@ airflow_ns.add_task(upload_dag)
 ns = Collection(infra, teardown, status, port_forward, unlock)
 ns.add_collection(services_ns, name="services")
 ns.add_collection(airflow_ns, name="airflow")
+ns.add_collection(Collection("secrets", secrets_set, secrets_list), name="secrets")
 # Every stack key exists (as None) so INVOKE_STACK_<KEY> variables are picked up as strings.
 ns.configure({"stack": dict.fromkeys(STACK_KEYS)})

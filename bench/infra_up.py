@@ -9,6 +9,7 @@ Prints, from one run, side by side:
   and how many gcloud processes the re-run started.
 
     nox -s bench            # or: python -m bench.infra_up [--sql 20 --gke 15 ...]
+    nox -s bench -- --gpu   # only: what a GPU pool adds to a cold infra.up
 """
 
 from __future__ import annotations
@@ -375,6 +376,55 @@ def time_describe(fake: FakeCloud, runs: int) -> float:
     return statistics.median(times)
 
 
+def time_gpu_pool(
+    fake: FakeCloud, latencies: dict[str, float]
+) -> tuple[float, float, int, dict[str, float]]:
+    """Cold infra.up without and with a GPU pool: the pool should ride alongside Cloud SQL."""
+    plain, _ = time_tool_cold(fake, latencies)
+    reset(fake, latencies)
+    stack = open_stack(
+        {**settings(fake, "tool"), "gpu_type": "nvidia-l4"},
+        env=fake.env,
+        yes=True,
+        console=Console(file=io.StringIO()),
+    )
+    started = time.monotonic()
+    report = infra.up(stack)
+    wall = time.monotonic() - started
+    assert report is not None and report.ok, stack.console.file.getvalue()  # type: ignore[attr-defined]
+    first = min(s.started or started for s in report.states.values())
+    ends = {
+        name: (state.finished or first) - first
+        for name, state in report.states.items()
+        if name in ("sql_user", "gke", "gpu_pool")
+    }
+    return plain, wall, stack.runner.count("gcloud"), ends
+
+
+def gpu_main(latencies: dict[str, float], pool: float) -> None:
+    latencies = {**latencies, "container.nodePools.create": pool}
+    with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
+        fake = start_fakes(Path(tmp))
+        try:
+            plain, with_gpu, calls, ends = time_gpu_pool(fake, latencies)
+        finally:
+            fake.api.stop()
+            fake.gcs.stop()
+    sql_chain = latencies["servicenetworking.connect"] + latencies["sql.instances.insert"]
+    gke_chain = latencies["container.clusters.create"] + pool
+    print(f"latencies injected: {latencies}")
+    print(f"{'cold infra.up, no GPU pool':<52}{plain:>10.1f}")
+    print(
+        f"{'cold infra.up, GPU pool (nvidia-l4)':<52}{with_gpu:>10.1f}   ({calls} gcloud processes)"
+    )
+    print(f"{'  added by the pool':<52}{with_gpu - plain:>10.1f}")
+    for name, title in (("gke", "cluster"), ("gpu_pool", "GPU pool"), ("sql_user", "SQL user")):
+        print(f"{'  ' + title + ' done after':<52}{ends[name]:>10.1f}")
+    print(
+        f"{'  injected: GKE + pool chain / peering + SQL chain':<52}{gke_chain:>5.0f} / {sql_chain:.0f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sql", type=float, default=20.0, help="SQL create latency (s)")
@@ -382,6 +432,8 @@ def main() -> None:
     parser.add_argument("--peering", type=float, default=5.0, help="peering latency (s)")
     parser.add_argument("--other", type=float, default=1.0, help="every other operation (s)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the quick timings")
+    parser.add_argument("--gpu", action="store_true", help="only: what a GPU pool adds")
+    parser.add_argument("--pool", type=float, default=4.0, help="node-pool create latency (s)")
     args = parser.parse_args()
     latencies = {
         "sql.instances.insert": args.sql,
@@ -389,6 +441,9 @@ def main() -> None:
         "servicenetworking.connect": args.peering,
         "default": args.other,
     }
+    if args.gpu:
+        gpu_main(latencies, args.pool)
+        return
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
         fake = start_fakes(Path(tmp))
         try:

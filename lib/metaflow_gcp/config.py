@@ -41,6 +41,13 @@ class Settings:
     subnet_range: str = "10.2.0.0/16"
     # CIDRs allowed to reach the GKE control plane; empty: any address (with credentials).
     authorized_networks: tuple[str, ...] = ()
+    # Optional node pools, both scaling from zero (see gcp/nodepools.py).
+    gpu_type: str = ""  # empty: no GPU pool; e.g. "nvidia-l4", "nvidia-tesla-t4"
+    gpu_per_node: int = 1
+    gpu_max_nodes: int = 2
+    gpu_spot: bool = False  # on demand: Metaflow gets no Spot-preemption notice on GCP
+    gpu_machine_type: str = ""  # empty: the smallest machine type carrying gpu_per_node GPUs
+    spot_max_nodes: int = 0  # 0: no Spot CPU pool
 
     @property
     def resolved_zone(self) -> str:
@@ -70,6 +77,9 @@ _BOOL_SETTINGS = {"deploy_argo", "deploy_airflow", "deploy_jobset"}
 _INT_SETTINGS = {"db_generation_number", "min_nodes", "max_nodes"}
 _LIST_SETTINGS = {"authorized_networks"}
 _AUTHORIZED_MAX = 50  # GKE's limit for a cluster with a public endpoint
+# The node-pool settings.
+_BOOL_SETTINGS |= {"gpu_spot"}
+_INT_SETTINGS |= {"gpu_per_node", "gpu_max_nodes", "spot_max_nodes"}
 
 
 @dataclass(frozen=True)
@@ -366,6 +376,7 @@ def _check_rules(s: Settings) -> list[ConfigError]:  # noqa: PLR0912 - one flat 
         )
     errors.extend(_check_subnet(s.subnet_range))
     errors.extend(_check_authorized_networks(s.authorized_networks))
+    errors.extend(_check_node_pools(s))
     if not errors:
         errors.extend(_check_derived_names(s))
     return errors
@@ -425,6 +436,80 @@ def _check_authorized_networks(cidrs: tuple[str, ...]) -> list[ConfigError]:
                     "leave authorized_networks empty, or " + fix,
                 )
             )
+    return errors
+
+
+def _gpu_model(name: str) -> str:
+    """ "nvidia-tesla-t4", "Tesla T4" and "t4" all name the model "t4"."""
+    parts = re.split(r"[-_ ]+", name.lower())
+    return "-".join(p for p in parts if p not in ("nvidia", "tesla"))
+
+
+def _check_node_pools(s: Settings) -> list[ConfigError]:
+    """The GPU and Spot pool settings: names, counts and machine fit known offline."""
+    from metaflow_gcp.gcp.accelerators import ACCELERATORS, fit_problem
+
+    errors: list[ConfigError] = []
+    if s.spot_max_nodes < 0:
+        errors.append(
+            ConfigError("spot_max_nodes", "must be 0 (no Spot pool) or more", "spot_max_nodes = 0")
+        )
+    if s.gpu_max_nodes < 1:
+        errors.append(
+            ConfigError(
+                "gpu_max_nodes",
+                "must be at least 1 (the pool scales from zero up to it)",
+                "gpu_max_nodes = 2",
+            )
+        )
+    if not s.gpu_type:
+        if s.gpu_machine_type:
+            errors.append(
+                ConfigError(
+                    "gpu_machine_type",
+                    "has no effect without gpu_type",
+                    'set gpu_type (e.g. "nvidia-l4") or remove gpu_machine_type',
+                )
+            )
+        return errors
+    spec = ACCELERATORS.get(s.gpu_type)
+    if spec is None:
+        model = _gpu_model(s.gpu_type)
+        close = [a for a in ACCELERATORS if _gpu_model(a) == model][:1]
+        close = close or difflib.get_close_matches(s.gpu_type.lower(), ACCELERATORS, n=1)
+        fix = f'gpu_type = "{close[0]}"' if close else f"use one of {', '.join(ACCELERATORS)}"
+        errors.append(
+            ConfigError(
+                "gpu_type",
+                f"'{s.gpu_type}' is not a GPU type this tool knows ({', '.join(ACCELERATORS)})",
+                fix,
+            )
+        )
+        return errors
+    counts = spec.counts()
+    if s.gpu_per_node not in counts:
+        errors.append(
+            ConfigError(
+                "gpu_per_node",
+                f"{s.gpu_per_node} {s.gpu_type} GPUs per node is not offered (Compute Engine "
+                f"offers {', '.join(map(str, counts))})",
+                f"gpu_per_node = {counts[0]}",
+            )
+        )
+        return errors
+    if s.gpu_machine_type:
+        if not _MACHINE_RE.match(s.gpu_machine_type):
+            errors.append(
+                ConfigError(
+                    "gpu_machine_type",
+                    f"'{s.gpu_machine_type}' is not a Compute Engine machine type",
+                    "leave it empty for the smallest that fits",
+                )
+            )
+            return errors
+        problem = fit_problem(s.gpu_type, s.gpu_per_node, s.gpu_machine_type)
+        if problem:
+            errors.append(ConfigError("gpu_machine_type", *problem))
     return errors
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import StackError
-from metaflow_gcp.gcp import gke, iam, network, sql, storage
+from metaflow_gcp.gcp import gke, iam, network, nodepools, sql, storage
 from metaflow_gcp.kube import Kubectl
 from metaflow_gcp.state import db_generation
 
@@ -154,6 +154,11 @@ def collect_status(stack: Stack) -> dict[str, Any]:
             cluster,
             status=_get(cluster, "status"),
             workload_pool=(_get(cluster, "workloadIdentityConfig") or {}).get("workloadPool"),
+        ),
+        # The optional GPU and Spot pools, from the cluster's describe (no extra call).
+        *(
+            _row(kind, name, Read(pool, cluster.error), **facts)
+            for kind, name, pool, facts in nodepools.status_rows(cluster.value, s)
         ),
         _row("DB password secret", n.db_secret, found["secret"]),
     ]

@@ -26,7 +26,7 @@ from typing import Any
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Settings
 from metaflow_gcp.errors import MissingTool, NotAuthenticated, StackError
-from metaflow_gcp.gcp import apis, gke, iam, network, secrets, sql, storage
+from metaflow_gcp.gcp import apis, gke, iam, network, nodepools, secrets, sql, storage
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.state import Doc, db_generation, now
 
@@ -284,7 +284,45 @@ def build_steps(stack: Stack, run: InfraRun) -> list[Step]:
             ("gke",),
             lambda r: gke.ensure_credentials(g, n, r, cold=cold),
         ),
+        *node_pool_steps(stack, cold=cold),
     ]
+
+
+def node_pool_steps(stack: Stack, *, cold: bool) -> list[Step]:
+    """The optional GPU and Spot pools, after the cluster, one after the other (GKE runs one
+    operation per cluster at a time). A stack built before gets them too, to remove a pool
+    the settings no longer ask for; a cold stack without them gets none."""
+    g, s, n = stack.gcloud, stack.settings, stack.names
+    gpu, spot = nodepools.gpu_pool(s), nodepools.spot_pool(s)
+    steps: list[Step] = []
+    if gpu is not None:
+        steps.append(
+            Step(
+                "gpu_zone",
+                f"{s.gpu_type} in {n.zone}",
+                lambda r: nodepools.check_zone_offers(g, s, n, r),
+                ("apis",),
+            )
+        )
+    if gpu is not None or not cold:
+        steps.append(
+            Step(
+                "gpu_pool",
+                f"GPU node pool {nodepools.GPU_POOL}",
+                lambda r: nodepools.ensure(g, n, nodepools.GPU_POOL, gpu, r, cold=cold),
+                ("gke", "gpu_zone") if gpu is not None else ("gke",),
+            )
+        )
+    if spot is not None or not cold:
+        steps.append(
+            Step(
+                "spot_pool",
+                f"Spot node pool {nodepools.SPOT_POOL}",
+                lambda r: nodepools.ensure(g, n, nodepools.SPOT_POOL, spot, r, cold=cold),
+                ("gke", *(("gpu_pool",) if any(x.name == "gpu_pool" for x in steps) else ())),
+            )
+        )
+    return steps
 
 
 def fingerprint(stack: Stack, generation: int) -> str:
@@ -362,6 +400,7 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
         and cluster is not None
         and cluster.get("status") == "RUNNING"
         and not gke.drift(cluster, s, n)
+        and nodepools.pools_match(cluster, s)
         and not iam.missing_bindings(project_policy, iam.project_bindings(n, str(number)))
         and bucket is not None
         and not storage.drift(bucket)

@@ -28,7 +28,7 @@ from metaflow_gcp.errors import (
     NotFound,
     StackError,
 )
-from metaflow_gcp.gcp import gke, iam, network, sql, storage
+from metaflow_gcp.gcp import gke, iam, network, nodepools, sql, storage
 from metaflow_gcp.gcp.operations import follow
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
@@ -161,7 +161,7 @@ class Teardown:
         if not self._exists(found):
             self._forget_credentials()
             return Outcome.GONE
-        self._about_to(run, f"delete GKE cluster {self.n.cluster}")
+        self._about_to(run, f"delete GKE cluster {self.n.cluster}{nodepools.teardown_note(found)}")
         gke.delete_cluster(self.g, self.n, run)
         self._forget_credentials()
         return Outcome.DELETED

@@ -18,6 +18,7 @@ from .common import ALL_SERVICES, SERVICE_TITLES, etag, initial_state
 from .compute import Compute
 from .container import Container
 from .iam import Iam, IamPolicies, ResourceManager
+from .nodepools import AcceleratorTypes, NodePools
 from .operations import render_operation
 from .secretmanager import SecretManager
 from .servicenetworking import ServiceNetworking
@@ -54,6 +55,8 @@ def build_routes(fake: FakeGcpApi) -> list[Route]:
         ServiceNetworking(fake),
         Sql(fake),
         Container(fake),
+        NodePools(fake),  # GKE node pools and the autoscaling update
+        AcceleratorTypes(fake),
     ]
     routes = [route for api in apis for route in api.routes()]
     return routes + usage.consumer_mgmt_routes()
