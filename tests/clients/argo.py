@@ -67,3 +67,25 @@ def resource_manifest(resource_template: Manifest) -> Manifest:
 def pod_specs_of_jobset(jobset: Manifest) -> Iterator[Manifest]:
     for job in jobset["spec"]["replicatedJobs"]:
         yield job["template"]["spec"]["template"]
+
+
+def names_used(obj: Any) -> tuple[set[str], set[str]]:
+    """Every namespace and every service account an object names, at any depth."""
+    namespaces: set[str] = set()
+    accounts: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "namespace" and isinstance(value, str):
+                    namespaces.add(value)
+                elif key in {"serviceAccountName", "service_account_name"} and value:
+                    accounts.add(str(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(obj)
+    return namespaces, accounts

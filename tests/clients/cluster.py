@@ -20,9 +20,6 @@ from tests.charts.conftest import render_chart
 
 Manifest = dict[str, Any]
 
-# The charts of ours that services.up installs (the upstream ones come from their repos).
-OUR_CHARTS = ("metaflow", "metaflow-argo-events")
-
 
 @dataclass(frozen=True)
 class Placed:
@@ -55,9 +52,10 @@ class Installed:
     @classmethod
     def render(cls, stack: Stack) -> Installed:
         placed: list[Placed] = []
-        releases = release_values(stack)
-        for name in OUR_CHARTS:
-            release = releases[name]
+        # Our own charts (local folders); the upstream ones come from their chart repositories.
+        for release in release_values(stack).values():
+            if not release.local:
+                continue
             rendered = render_chart(
                 Path(release.chart),
                 release.desired_values(),

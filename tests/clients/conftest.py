@@ -259,18 +259,20 @@ def jobset_crds() -> Validator:
 
 
 def object_names(gcs: FakeGcs, url: str) -> list[str]:
-    """Every object under gs://BUCKET/PREFIX in fake-gcs-server, by its full gs:// URL."""
+    """Every object under gs://BUCKET/PREFIX in fake-gcs-server (JSON API), as gs:// URLs."""
     bucket, _, prefix = url.removeprefix("gs://").partition("/")
-    query = urllib.parse.urlencode({"prefix": prefix.rstrip("/") + "/" if prefix else ""})
     found: list[str] = []
     token = ""
     while True:
-        page = json.loads(
-            gcs._request(
-                "GET",
-                f"/storage/v1/b/{bucket}/o?{query}" + (f"&pageToken={token}" if token else ""),
-            )
-        )
+        query = {"prefix": f"{prefix.rstrip('/')}/" if prefix else ""}
+        if token:
+            query["pageToken"] = token
+        conn = http.client.HTTPConnection("127.0.0.1", gcs.port, timeout=10)
+        conn.request("GET", f"/storage/v1/b/{bucket}/o?{urllib.parse.urlencode(query)}")
+        answer = conn.getresponse()
+        page = json.loads(answer.read())
+        conn.close()
+        assert answer.status == 200, page
         found += [f"gs://{bucket}/{item['name']}" for item in page.get("items", [])]
         token = page.get("nextPageToken", "")
         if not token:

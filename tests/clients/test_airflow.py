@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from metaflow_gcp import airflow_dags, kube_names, nextsteps
+from tests.clients import argo
 from tests.clients.conftest import REPO_ROOT, SETTINGS, SWITCHES, ClientStack, MetaflowCli
 
 pytestmark = pytest.mark.clients
@@ -105,6 +106,14 @@ def test_the_dags_pods_run_as_the_stacks_steps_account(
     dag_config: dict[str, Any], client_stack: ClientStack
 ) -> None:
     assert {p["service_account_name"] for p in pods(dag_config)} == {client_stack.accounts.steps}
+
+
+def test_the_dag_names_no_other_namespace_and_never_the_services_account(
+    dag_config: dict[str, Any], client_stack: ClientStack
+) -> None:
+    namespaces, accounts = argo.names_used(dag_config)
+    assert namespaces == {kube_names.AIRFLOW_NS}
+    assert client_stack.accounts.services not in accounts
 
 
 def test_the_dag_reads_and_writes_the_stacks_datastore(

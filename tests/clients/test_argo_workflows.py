@@ -129,6 +129,9 @@ def test_the_cron_workflow_starts_the_template_on_the_flows_schedule(
 def test_every_object_is_valid_for_the_pinned_argo_crds(
     kind: str, sent: dict[str, Manifest], only_json: Manifest, argo_crds: Validator
 ) -> None:
+    """Argo Workflows' full CRDs check every field. The pinned Argo Events CRDs give the
+    Sensor's spec no schema (x-kubernetes-preserve-unknown-fields): for it only group,
+    version, kind and scope are checked here, its names by the tests further down."""
     objects = [sent[kind], only_json] if kind == "WorkflowTemplate" else [sent[kind]]
     for obj in objects:
         assert argo_crds.crd_for(obj).scope == "Namespaced"
@@ -209,6 +212,19 @@ def test_the_sensor_runs_as_our_sensor_account_which_may_start_the_workflow(
         target = created["metadata"]["namespace"]
         assert target == kube_names.METAFLOW_NS
         assert installed.allows((namespace, account), "create", ARGO, "workflows", target)
+
+
+def test_nothing_emitted_names_the_services_namespace_or_account(
+    only_json: Manifest, sent: dict[str, Manifest], client_stack: ClientStack
+) -> None:
+    """User code stays out of metaflow-services and never acts as the services' account.
+
+    (The CronWorkflow names no namespace: it lives where it is created, see above.)
+    """
+    for obj in [only_json, *sent.values()]:
+        namespaces, accounts = argo.names_used(obj)
+        assert namespaces <= {kube_names.METAFLOW_NS}, obj["kind"]
+        assert client_stack.accounts.services not in accounts, obj["kind"]
 
 
 # -- events ----------------------------------------------------------------------------------

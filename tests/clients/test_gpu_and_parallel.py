@@ -116,6 +116,14 @@ def test_the_jobset_pods_run_in_the_metaflow_namespace_as_the_steps_account(
     assert installed.find("ServiceAccount", account, namespace) is not None
 
 
+def test_the_jobset_names_only_the_metaflow_namespace_and_never_the_services_account(
+    jobset: Manifest, client_stack: ClientStack
+) -> None:
+    namespaces, accounts = argo.names_used(jobset)
+    assert namespaces == {kube_names.METAFLOW_NS}
+    assert client_stack.accounts.services not in accounts
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="helper 'cluster' adds the steps account's jobsets Role to charts/metaflow "
