@@ -78,7 +78,7 @@ class ClientStack:
 
 
 def write_config_as_services_up_does(stack: Stack, home: Path) -> list[nextsteps.Written]:
-    """The two calls services.up ends with (services.up), pointed at a private home."""
+    """The two calls `services.up` ends with, writing into `home` instead of ~/.metaflowconfig."""
     profiles = nextsteps.metaflow_profiles(
         stack.names, argo=stack.settings.deploy_argo, airflow=stack.settings.deploy_airflow
     )

@@ -2,8 +2,8 @@
 
 Facts these tests pin (Metaflow 2.19, plugins/argo/argo_workflows.py): a GPU step's container
 gets the limit `<vendor>.com/gpu` (vendor METAFLOW_KUBERNETES_GPU_VENDOR, default nvidia) and
-no toleration or node selector; on GKE the GPU node pool's `nvidia.com/gpu` taint is tolerated
-by pods that request the GPU resource, which GKE's ExtendedResourceToleration admission adds.
+no toleration or node selector. On GKE the ExtendedResourceToleration admission controller
+gives every pod that requests `nvidia.com/gpu` the toleration for the GPU pool's taint.
 A @parallel step compiles to an Argo resource step that creates a JobSet (jobset.x-k8s.io), so
 the account that step runs as needs RBAC on jobsets in the Metaflow namespace.
 """
