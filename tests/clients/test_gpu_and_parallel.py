@@ -132,8 +132,11 @@ def test_the_jobset_names_only_the_metaflow_namespace_and_never_the_services_acc
 @pytest.mark.parametrize(
     "verb",
     [
-        "create",  # the resource step's action
-        "get",  # Argo then reads the JobSet until its success or failure condition holds
+        # Argo's executor (workflow/executor/resource.go): `kubectl create -f`, then GETs the
+        # JobSet until its success or failure condition holds, then `kubectl get -o jsonpath`
+        # for the step's output parameters.
+        "create",
+        "get",
     ],
 )
 def test_the_account_argo_creates_the_jobset_as_may_do_so_in_the_metaflow_namespace(
