@@ -40,6 +40,13 @@ def charts(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def clients(session: nox.Session) -> None:
+    """The real Metaflow client fed the config services.up writes (part of `tests` too)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "clients", "tests/clients", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff: style and common bugs."""
     session.install("ruff")
