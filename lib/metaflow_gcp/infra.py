@@ -106,7 +106,7 @@ class InfraRun:
         number = iam.project_number(self.stack.gcloud, self.stack.names)
         with self._lock:
             self.project_number = number
-        return Outcome.KEPT if self.stack.dry_run else Outcome.CREATED
+        return Outcome.KEPT  # a read: nothing in the project changes
 
     def known_number(self) -> str:
         return self.project_number or iam.UNKNOWN_PROJECT_NUMBER

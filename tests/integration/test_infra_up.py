@@ -51,6 +51,7 @@ def test_cold_up_creates_everything_right_and_a_rerun_changes_nothing(
     # Made hardened from the start, so the in-place hardening steps find nothing to do.
     assert outcomes.pop("gke_hardening") is Outcome.KEPT
     assert outcomes.pop("sql_hardening") is Outcome.KEPT
+    assert outcomes.pop("project") is Outcome.KEPT  # the project number: only read
     assert set(outcomes.values()) <= {Outcome.CREATED, Outcome.UPDATED}, outcomes
     # A stack never built before is created straight away: no describe before each create.
     describes = [r.command for r in stack.runner.history if " describe " in r.command]
@@ -265,6 +266,7 @@ def test_plan_is_read_only_and_names_what_would_be_created_then_what_differs(
     report = infra.plan(empty)
     outcomes = report.outcomes()
     assert outcomes.pop("apis") is Outcome.KEPT  # the fixture enables every API
+    assert outcomes.pop("project") is Outcome.KEPT  # its number is read, nothing changes
     assert set(outcomes.values()) == {Outcome.PLANNED}
     assert "create Cloud SQL instance (after private services access)" in output(empty)
     assert "create VPC network mf-it-vpc" in output(empty)
