@@ -97,11 +97,6 @@ def test_the_dags_pods_run_as_the_account_of_the_airflow_profile(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helper 'cluster' moves Airflow's step pods to Accounts.steps (COMMON.md); "
-    "drop this mark once nextsteps writes mf-<stack>-steps",
-)
 def test_the_dags_pods_run_as_the_stacks_steps_account(
     dag_config: dict[str, Any], client_stack: ClientStack
 ) -> None:

@@ -185,11 +185,6 @@ def test_the_steps_account_may_report_task_results_to_argo(
     assert installed.allows((namespace, account), verb, ARGO, "workflowtaskresults", namespace)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helper 'cluster' moves user code to Accounts.steps (COMMON.md); "
-    "drop this mark once nextsteps and charts/metaflow use mf-<stack>-steps",
-)
 def test_step_pods_run_as_the_stacks_own_steps_account(
     only_json: Manifest, client_stack: ClientStack
 ) -> None:

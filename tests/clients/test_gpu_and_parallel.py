@@ -124,11 +124,6 @@ def test_the_jobset_names_only_the_metaflow_namespace_and_never_the_services_acc
     assert client_stack.accounts.services not in accounts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helper 'cluster' adds the steps account's jobsets Role to charts/metaflow "
-    "(issue 9 point 4); drop this mark when it lands",
-)
 @pytest.mark.parametrize(
     "verb",
     [

@@ -401,7 +401,7 @@ def test_a_new_sql_generation_gets_the_database_the_user_and_a_new_secret(
 def test_an_upgraded_stack_keeps_the_old_claim_and_is_told_how_to_move_its_history(
     cluster: AirflowCluster, up: Up
 ) -> None:
-    cluster.namespaces.add("airflow")
+    cluster.namespaces.setdefault("airflow", {})
     cluster.claims.add(("airflow", airflow_db.LEGACY_CLAIM))
     cluster.releases[("airflow", "airflow")] = HelmRelease(
         "airflow", "airflow", "airflow-1.15.0", {"postgresql": {"auth": {}}}
@@ -502,7 +502,7 @@ def test_jobset_is_installed_from_its_oci_chart_then_its_network_boundary(
     assert flag(argv, "--version") == "0.12.0"
     assert flag(argv, "--namespace") == "jobset-system"
     assert flag(argv, "--values") == str(ROOT / "values" / "jobset.yaml")
-    assert run.index("create", "namespace", "jobset-system") < run.index(
+    assert run.applied("Namespace", "jobset-system") < run.index(
         "upgrade", "--install", "jobset"
     )
     boundary = helm_upgrade(run, "metaflow-jobset")

@@ -696,14 +696,13 @@ PSA = "pod-security.kubernetes.io"
 def test_every_namespace_is_labelled_for_pod_security_before_anything_lands_in_it(
     cluster: FakeCluster, up: Up
 ) -> None:
-    run = up(argo=True, airflow=True)
+    run = up(argo=True)  # airflow's namespace: tests/unit/test_airflow_services.py
 
     expected = {
         "metaflow": "baseline",
         "metaflow-services": "baseline",
         "argo": "baseline",
         "argo-events": "baseline",
-        "airflow": "baseline",
     }
     for namespace, enforce in expected.items():
         labels = cluster.namespaces[namespace]
@@ -730,15 +729,12 @@ def test_an_existing_namespace_gets_its_labels_and_keeps_its_own(
 def test_each_google_account_is_bound_to_its_own_kubernetes_account_only(
     cluster: FakeCluster, up: Up
 ) -> None:
-    up(argo=True, airflow=True)
+    up(argo=True)  # Airflow's accounts: tests/unit/test_airflow_services.py
 
     assert cluster.wi_members(SERVICES_GSA) == {
         f"serviceAccount:{POOL}[metaflow-services/{SERVICES_KSA}]"
     }
-    assert cluster.wi_members(STEPS_GSA) == {
-        f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]",
-        f"serviceAccount:{POOL}[airflow/{STEPS_KSA}]",
-    }
+    assert cluster.wi_members(STEPS_GSA) == {f"serviceAccount:{POOL}[metaflow/{STEPS_KSA}]"}
 
 
 def test_two_stacks_in_one_project_share_no_workload_identity_member(
@@ -814,12 +810,11 @@ def test_argo_workflows_defaults_to_this_stacks_steps_account(cluster: FakeClust
 
     argv = helm_upgrade(run, "argo-workflows")
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set-string"]
-    assert sets == [
-        f"controller.workflowDefaults.spec.serviceAccountName={STEPS_KSA}",
-        f"workflow.serviceAccount.name={STEPS_KSA}",  # the chart's executor RoleBinding
-    ]
+    # The only account Argo needs named: charts/metaflow binds the executor and agent Roles
+    # to it, since the chart's own workflow RBAC would land in "argo" (singleNamespace).
+    assert sets == [f"controller.workflowDefaults.spec.serviceAccountName={STEPS_KSA}"]
     values = cluster.releases[("argo", "argo-workflows")].values
-    assert values["workflow"]["serviceAccount"] == {"create": False, "name": STEPS_KSA}
+    assert values["workflow"]["rbac"] == {"create": False}
 
 
 def test_the_config_carries_the_secrets_prefix_from_the_recorded_project_number(

@@ -217,9 +217,13 @@ class Container:
 
     def update(self, c: Call) -> dict[str, Any]:
         """`clusters update`: one field per call, as gcloud sends it (``update.desired*``)."""
+        update = (c.body or {}).get("update") or {}
+        if "desiredNodePoolAutoscaling" in update:  # `node-pools update --enable-autoscaling`
+            from .nodepools import NodePools
+
+            return NodePools(self.fake).update_cluster(c)
         cluster = self._cluster(c)
         self._busy(cluster)
-        update = (c.body or {}).get("update") or {}
         known = {
             "desiredNodeKubeletConfig",
             "desiredDefaultEnablePrivateNodes",
