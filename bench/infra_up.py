@@ -35,7 +35,7 @@ from tests.fakes.tls import make_tls_files
 
 from metaflow_gcp import infra
 from metaflow_gcp.app import open_stack
-from metaflow_gcp.gcp import apis, gke, iam, sql
+from metaflow_gcp.gcp import apis, gke, iam, network, sql
 from metaflow_gcp.graph import Outcome, Step, StepRun, run_steps
 from metaflow_gcp.shell import Runner
 
@@ -189,30 +189,13 @@ def reference_steps(runner: Runner, fake: FakeCloud, stack_name: str) -> list[St
         Step(
             "router",
             "router",
-            gcloud(
-                "compute",
-                "routers",
-                "create",
-                n.router,
-                f"--network={n.network}",
-                f"--region={n.region}",
-            ),
+            gcloud(*network.router_create_args(n)),
             ("network",),
         ),
         Step(
             "nat",
             "nat",
-            gcloud(
-                "compute",
-                "routers",
-                "nats",
-                "create",
-                n.nat,
-                f"--router={n.router}",
-                f"--region={n.region}",
-                "--auto-allocate-nat-external-ips",
-                "--nat-all-subnet-ip-ranges",
-            ),
+            gcloud(*network.nat_create_args(n)),
             ("router",),
         ),
         Step(

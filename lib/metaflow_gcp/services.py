@@ -763,22 +763,6 @@ def _combined(outcomes: list[Outcome]) -> Outcome:
     return Outcome.KEPT
 
 
-def service_account_manifest(name: str, namespace: str, annotations: dict[str, str]) -> str:
-    """A ServiceAccount as JSON for `kubectl apply -f -`."""
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": MANAGED_LABELS,
-                "annotations": annotations,
-            },
-        }
-    )
-
-
 def _webserver_key(register: Callable[[str], None]) -> dict[str, str]:
     key = random_source.token_hex(32)
     register(key)

@@ -118,6 +118,33 @@ def _connect(gcloud: Gcloud, n: Names) -> None:
 # -- Cloud NAT --------------------------------------------------------------------------
 
 
+def router_create_args(n: Names) -> list[str]:
+    """The router's create command (bench/infra_up.py times the same one, blocking)."""
+    return [
+        "compute",
+        "routers",
+        "create",
+        n.router,
+        f"--network={n.network}",
+        f"--region={n.region}",
+    ]
+
+
+def nat_create_args(n: Names) -> list[str]:
+    """Outbound-only NAT for every subnet range of the region."""
+    return [
+        "compute",
+        "routers",
+        "nats",
+        "create",
+        n.nat,
+        f"--router={n.router}",
+        f"--region={n.region}",
+        "--auto-allocate-nat-external-ips",
+        "--nat-all-subnet-ip-ranges",
+    ]
+
+
 def describe_router(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
     return gcloud.describe("compute", "routers", "describe", n.router, f"--region={n.region}")
 
@@ -127,15 +154,7 @@ def ensure_router(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False)
     return create_or_keep(
         run,
         f"create Cloud Router {n.router} in {n.region}",
-        lambda: gcloud.mutate(
-            "compute",
-            "routers",
-            "create",
-            n.router,
-            f"--network={n.network}",
-            f"--region={n.region}",
-            timeout=900,
-        ),
+        lambda: gcloud.mutate(*router_create_args(n), timeout=900),
         lambda: describe_router(gcloud, n),
         cold=cold,
     )
@@ -146,19 +165,7 @@ def ensure_nat(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) ->
     return create_or_keep(
         run,
         f"create Cloud NAT {n.nat} (outbound only, for image pulls)",
-        lambda: gcloud.mutate(
-            "compute",
-            "routers",
-            "nats",
-            "create",
-            n.nat,
-            f"--router={n.router}",
-            f"--region={n.region}",
-            "--auto-allocate-nat-external-ips",
-            "--nat-all-subnet-ip-ranges",
-            timeout=900,
-            fmt=None,
-        ),
+        lambda: gcloud.mutate(*nat_create_args(n), timeout=900, fmt=None),
         lambda: gcloud.describe(
             "compute",
             "routers",
