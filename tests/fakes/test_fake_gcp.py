@@ -910,6 +910,31 @@ def test_gke_hardening_fields_are_kept_the_way_the_api_returns_them(fake_cloud: 
     ok(fake, "container", "clusters", "get-credentials", "mf-gke", f"--location={ZONE}")
 
 
+def test_a_pool_added_later_takes_the_cluster_defaults_unless_its_create_says(
+    fake_cloud: FakeCloud,
+) -> None:
+    """What GKE does, and why our pool creates state their hardening: today's clusters
+    default to public nodes and the read-only kubelet port."""
+    fake = fake_cloud
+    seed_private_network(fake, peering=False)
+    seed_cluster(fake)  # no hardening defaults
+    where = ("--cluster=mf-gke", f"--location={ZONE}", "--num-nodes=0", "--async")
+    ok(fake, "container", "node-pools", "create", "plain", *where)
+    fake.finish_all_operations()
+    ok(fake, "container", "node-pools", "create", "hardened", *where, "--enable-private-nodes",
+       "--no-enable-insecure-kubelet-readonly-port", "--shielded-secure-boot",
+       "--shielded-integrity-monitoring")
+    fake.finish_all_operations()
+    pools = {p["name"]: p for p in fake.state["clusters"][f"{ZONE}/mf-gke"]["nodePools"]}
+    plain, hardened = pools["plain"], pools["hardened"]
+    assert plain["networkConfig"]["enablePrivateNodes"] is False
+    assert plain["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"] is True
+    assert plain["config"]["shieldedInstanceConfig"]["enableSecureBoot"] is False
+    assert hardened["networkConfig"]["enablePrivateNodes"] is True
+    assert hardened["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"] is False
+    assert hardened["config"]["shieldedInstanceConfig"]["enableSecureBoot"] is True
+
+
 def test_gke_updates_in_place_what_gke_allows_and_refuses_the_rest(fake_cloud: FakeCloud) -> None:
     fake = fake_cloud
     seed_private_network(fake, peering=False)

@@ -106,19 +106,16 @@ def test_a_gpu_pool_scales_from_zero_with_the_driver_installed_and_a_taint(
     assert mutating_kinds(fake_cloud, before) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect since the GKE hardening step joined the graph: a changed GPU setting "
-    "on an existing stack does not converge against the fake yet (open, issue 9)",
-)
 def test_settings_change_the_pools_never_the_cluster(fake_cloud: FakeCloud) -> None:
     seed_cluster(fake_cloud)
-    assert run_pool_steps(make_stack(fake_cloud, gpu_type="nvidia-tesla-t4")).ok
+    first = run_pool_steps(make_stack(fake_cloud, gpu_type="nvidia-tesla-t4"))
+    assert first.ok, first.failed
 
     # A bigger maximum: the pool is resized in place.
     before = len(fake_cloud.requests)
     report = run_pool_steps(make_stack(fake_cloud, gpu_type="nvidia-tesla-t4", gpu_max_nodes=4))
-    assert report.ok and report.outcomes()["gpu_pool"] is Outcome.UPDATED
+    assert report.ok, report.failed
+    assert report.outcomes()["gpu_pool"] is Outcome.UPDATED
     assert mutating_kinds(fake_cloud, before) == ["container.clusters.update"]
     assert pools(fake_cloud)["gpu"]["autoscaling"]["maxNodeCount"] == 4
 

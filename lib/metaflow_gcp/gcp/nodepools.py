@@ -80,7 +80,9 @@ def spot_pool(s: Settings) -> Pool | None:
 
 def create_flags(p: Pool, n: Names) -> list[str]:
     """The default pool's hardening (node account, Workload Identity metadata, Shielded
-    nodes), plus autoscaling from zero and the pool's taint."""
+    nodes, private nodes, kubelet read-only port off), plus autoscaling from zero and the
+    pool's taint. Stated, not inherited, so a pool is hardened whatever the cluster's
+    defaults were when it was made."""
     key, value = p.taint
     flags = [
         f"--cluster={n.cluster}",
@@ -96,6 +98,8 @@ def create_flags(p: Pool, n: Names) -> list[str]:
         "--workload-metadata=GKE_METADATA",
         "--shielded-secure-boot",
         "--shielded-integrity-monitoring",
+        "--enable-private-nodes",
+        "--no-enable-insecure-kubelet-readonly-port",
         f"--labels=stack={n.stack},managed-by=metaflow-gcp",
     ]
     if p.gpu_type:

@@ -366,24 +366,31 @@ def _apply_defaults(spec: dict[str, Any]) -> None:
     spec["privateClusterConfig"] = {**spec.get("privateClusterConfig", {}),
                                     "enablePrivateNodes": private}
     spec.setdefault("shieldedNodes", {"enabled": True})
+    for pool in spec.get("nodePools") or []:
+        inherit_cluster_defaults(spec, pool)
+    _mirror_authorized_networks(spec)
+
+
+def inherit_cluster_defaults(cluster: dict[str, Any], pool: dict[str, Any]) -> None:
+    """A pool keeps what its create asked for and takes the cluster's defaults for the
+    rest, as GKE does for a pool made with the cluster or added later."""
+    private = bool((cluster.get("networkConfig") or {}).get("defaultEnablePrivateNodes"))
     kubelet = (
-        ((spec.get("nodePoolDefaults") or {}).get("nodeConfigDefaults") or {}).get(
+        ((cluster.get("nodePoolDefaults") or {}).get("nodeConfigDefaults") or {}).get(
             "nodeKubeletConfig"
         )
         or {}
     )
     # GKE before 1.33 leaves the read-only port on unless told otherwise.
     readonly = kubelet.get("insecureKubeletReadonlyPortEnabled", True)
-    for pool in spec.get("nodePools") or []:
-        config = pool.setdefault("config", {})
-        config.setdefault("kubeletConfig", {}).setdefault(
-            "insecureKubeletReadonlyPortEnabled", readonly
-        )
-        config.setdefault(
-            "shieldedInstanceConfig", {"enableSecureBoot": False, "enableIntegrityMonitoring": True}
-        ).setdefault("enableSecureBoot", False)
-        pool.setdefault("networkConfig", {}).setdefault("enablePrivateNodes", private)
-    _mirror_authorized_networks(spec)
+    config = pool.setdefault("config", {})
+    config.setdefault("kubeletConfig", {}).setdefault(
+        "insecureKubeletReadonlyPortEnabled", readonly
+    )
+    config.setdefault(
+        "shieldedInstanceConfig", {"enableSecureBoot": False, "enableIntegrityMonitoring": True}
+    ).setdefault("enableSecureBoot", False)
+    pool.setdefault("networkConfig", {}).setdefault("enablePrivateNodes", private)
 
 
 def _mirror_authorized_networks(cluster: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from ..gcp_api import (
     not_found,
 )
 from .common import NAME_RE, check_project
+from .container import inherit_cluster_defaults
 
 if TYPE_CHECKING:
     from ..gcp_api import FakeGcpApi
@@ -60,15 +61,15 @@ class NodePools:
         self.fake = fake
 
     def routes(self) -> list[Route]:
-        c = r"/v1/projects/{project}/(?:locations|zones)/{location}/clusters/{cluster}"
+        # The cluster's own routes (get, update, and a pool's get/update) belong to
+        # Container, which hands autoscaling updates to update_cluster here.
+        c = r"/v1/projects/{project}/(?:locations|zones)/{location}/clusters/{name}"
         return iter_routes(
             "container",
             [
                 ("GET", c + "/nodePools", "container.nodePools.list", self.list),
                 ("POST", c + "/nodePools", "container.nodePools.create", self.create),
-                ("GET", c + "/nodePools/{pool}", "container.nodePools.get", self.get),
                 ("DELETE", c + "/nodePools/{pool}", "container.nodePools.delete", self.delete),
-                ("PUT", c, "container.clusters.update", self.update_cluster),
             ],
         )
 
@@ -76,24 +77,18 @@ class NodePools:
     def _rel(self, c: Call, pool: str | None = None) -> str:
         rel = (
             f"projects/{self.fake.project}/zones/{c.params['location']}/clusters/"
-            f"{c.params['cluster']}"
+            f"{c.params['name']}"
         )
         return f"{rel}/nodePools/{pool}" if pool else rel
 
     def _cluster(self, c: Call) -> dict[str, Any]:
         check_project(self.fake, c.params["project"])
         cluster: dict[str, Any] | None = self.fake.state["clusters"].get(
-            f"{c.params['location']}/{c.params['cluster']}"
+            f"{c.params['location']}/{c.params['name']}"
         )
         if cluster is None:
             raise not_found(f"Not found: {self._rel(c)}.")
         return cluster
-
-    def _pool(self, c: Call) -> dict[str, Any]:
-        for pool in self._cluster(c).get("nodePools") or []:
-            if pool.get("name") == c.params["pool"]:
-                return dict(pool)
-        raise not_found(f"Not found: {self._rel(c, c.params['pool'])}.")
 
     def _pool_ref(self, c: Call, name: str) -> dict[str, Any]:
         for pool in self._cluster(c).get("nodePools") or []:
@@ -104,7 +99,7 @@ class NodePools:
 
     def _idle(self, c: Call, cluster: dict[str, Any]) -> None:
         """GKE runs one operation per cluster at a time."""
-        mark = f"/clusters/{c.params['cluster']}"
+        mark = f"/clusters/{c.params['name']}"
         for op in self.fake.state["operations"].values():
             link = str(op.target.get("targetLink", ""))
             if (
@@ -120,7 +115,7 @@ class NodePools:
         if cluster.get("status") != "RUNNING":
             raise ApiError(
                 400,
-                f"Cluster {c.params['cluster']} is not running (status {cluster.get('status')}).",
+                f"Cluster {c.params['name']} is not running (status {cluster.get('status')}).",
                 status="FAILED_PRECONDITION",
             )
 
@@ -132,7 +127,7 @@ class NodePools:
             target={
                 "location": c.params["location"],
                 "targetLink": f"{c.base_url}/projects/{PROJECT_NUMBER}/zones/"
-                f"{c.params['location']}/clusters/{c.params['cluster']}/nodePools/{pool}",
+                f"{c.params['location']}/clusters/{c.params['name']}/nodePools/{pool}",
             },
             on_done=done,
             on_error=failed,
@@ -144,9 +139,6 @@ class NodePools:
     def list(self, c: Call) -> dict[str, Any]:
         pools = copy.deepcopy(self._cluster(c).get("nodePools") or [])
         return {"nodePools": pools} if pools else {}
-
-    def get(self, c: Call) -> dict[str, Any]:
-        return copy.deepcopy(self._pool(c))
 
     def create(self, c: Call) -> dict[str, Any]:
         cluster = self._cluster(c)
@@ -183,6 +175,7 @@ class NodePools:
             scaling.get("maxNodeCount", 0)
         ):
             raise bad_request("Autoscaling min node count must not exceed max node count.")
+        inherit_cluster_defaults(cluster, spec)
         pool = {
             **spec,
             "status": "PROVISIONING",
