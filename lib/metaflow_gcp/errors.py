@@ -212,7 +212,8 @@ _GCLOUD_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
     (
         re.compile(
             r"NOT_FOUND|[Nn]ot found|was not found|notFound|HTTPError 404|\b404\b|"
-            r"matched no objects"
+            # Compute answers a missing peering with a 400 that means "not there".
+            r"matched no objects|There is no peering with name"
         ),
         NotFound,
         "",

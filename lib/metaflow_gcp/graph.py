@@ -82,6 +82,11 @@ class StepRun:
         self._graph.pass_gate(what, new=new)
 
     @property
+    def planning(self) -> bool:
+        """True in a plan: a step that would otherwise act first and read later reads first."""
+        return self._graph.plan
+
+    @property
     def stopping(self) -> bool:
         """True once another step failed: finish what is in flight, start nothing new."""
         return self._graph.stop.is_set()

@@ -67,6 +67,8 @@ class Teardown:
         """
         runner, dry = self.stack.runner, self.stack.dry_run
         cluster = None if dry else gke.describe(self.g, self.n)
+        if not dry and not run.planning:  # the cluster step, next on this chain, starts here
+            gke.prime_describe(self.g, self.n, cluster)
         if not dry and cluster is None:
             run.note("cluster already gone; nothing to uninstall")
             return Outcome.GONE
@@ -162,7 +164,7 @@ class Teardown:
             self._forget_credentials()
             return Outcome.GONE
         self._about_to(run, f"delete GKE cluster {self.n.cluster}{nodepools.teardown_note(found)}")
-        gke.delete_cluster(self.g, self.n, run)
+        gke.delete_cluster(self.g, self.n, run, found or {})
         self._forget_credentials()
         return Outcome.DELETED
 
@@ -198,24 +200,10 @@ class Teardown:
             for i in instances
             if self.g.dry_run or (i.get("settings") or {}).get("deletionProtectionEnabled")
         }
-        for name in names:
-            busy = sql.pending_operations(self.g, name)
-            for operation in busy:  # one operation per instance at a time: let it finish
-                sql.wait_operation(self.g, run, operation, f"{name}: finishing an operation")
-            if name in protected:  # the user confirmed this teardown: lift it, then delete
-                run.note(f"lifting the deletion protection of {name}")
-                try:
-                    sql.lift_deletion_protection(self.g, run, name)
-                except NotFound:
-                    continue
-            try:
-                result = self.g.mutate(
-                    "sql", "instances", "delete", name, *self._final_backup(), "--quiet", "--async"
-                )
-            except NotFound:  # the operation we waited for was this delete (a resumed run)
-                continue
-            if not self.g.dry_run:
-                sql.wait_operation(self.g, run, str(result.json()["name"]), f"deleting {name}")
+        for name in names:  # the user confirmed this teardown: protection may be lifted
+            sql.delete_instance(
+                self.g, run, name, protected=name in protected, flags=self._final_backup()
+            )
         self._bump()
         return Outcome.DELETED
 
@@ -264,32 +252,22 @@ class Teardown:
 
         follow(run, what, attempt, timeout=IN_USE_WAIT)
 
+    def _must_look_first(self, run: StepRun) -> bool:
+        """Only a preview needs to know what exists before it says what it would delete; a
+        real teardown deletes straight away and takes 'not found' as already gone, which
+        saves a describe on every link of the network chain."""
+        return run.planning
+
     def peering(self, run: StepRun) -> Outcome:
-        """Private services access. Cloud SQL keeps using the connection for days after its
-        instance is deleted, so when Service Networking refuses, the network's side of the
-        peering is removed instead (as the Cloud Console does); that frees range and network.
-        """
-        if not self.g.dry_run and not network.peerings(self.g, self.n):
+        """Private services access, removed from the network's side of the peering (as the
+        Cloud Console does). Service Networking's own delete is refused for days after a
+        Cloud SQL instance is deleted, and the network goes next anyway: removing its side
+        frees the range and the network at once."""
+        if self._must_look_first(run) and not network.peerings(self.g, self.n):
             return Outcome.GONE
         self._about_to(run, f"delete private services access on {self.n.network}")
-        run.note("removing private services access")
+        run.note("removing the network's peering with Service Networking")
         try:
-            self.g.mutate(
-                "services",
-                "vpc-peerings",
-                "delete",
-                f"--network={self.n.network}",
-                f"--service={network.SERVICE}",
-                "--quiet",
-                fmt=None,
-                timeout=1800,
-            )
-        except NotFound:
-            return Outcome.GONE
-        except CommandError as error:
-            if not _in_use(error):
-                raise
-            run.note("Cloud SQL still holds the connection; removing the network's peering")
             self.g.mutate(
                 "compute",
                 "networks",
@@ -301,18 +279,27 @@ class Teardown:
                 fmt=None,
                 timeout=900,
             )
+        except NotFound:
+            return Outcome.GONE
         return Outcome.DELETED
 
     def _simple(self, run: StepRun, kind: list[str], name: str, scope: list[str]) -> Outcome:
-        if not self._exists(self.g.describe(*kind, "describe", name, *scope)):
+        if self._must_look_first(run) and not self._exists(
+            self.g.describe(*kind, "describe", name, *scope)
+        ):
             return Outcome.GONE
         self._about_to(run, f"delete {' '.join(kind[1:])} {name}")
-        self._delete_in_use(
-            run,
-            f"deleting {name}",
-            lambda: self.g.mutate(*kind, "delete", name, *scope, "--quiet", fmt=None, timeout=900),
-        )
-        return Outcome.DELETED
+        gone = False
+
+        def delete() -> None:
+            nonlocal gone
+            try:
+                self.g.mutate(*kind, "delete", name, *scope, "--quiet", fmt=None, timeout=900)
+            except NotFound:
+                gone = True
+
+        self._delete_in_use(run, f"deleting {name}", delete)
+        return Outcome.GONE if gone else Outcome.DELETED
 
     def psa_range(self, run: StepRun) -> Outcome:
         return self._simple(run, ["compute", "addresses"], self.n.psa_range, ["--global"])
@@ -327,11 +314,13 @@ class Teardown:
 
     def router(self, run: StepRun) -> Outcome:
         """The Cloud Router; its Cloud NAT goes with it."""
-        if not self._exists(network.describe_router(self.g, self.n)):
+        if self._must_look_first(run) and not self._exists(network.describe_router(self.g, self.n)):
             return Outcome.GONE
         self._about_to(run, f"delete Cloud Router {self.n.router} and its NAT {self.n.nat}")
-        with contextlib.suppress(NotFound):
+        try:
             network.delete_router(self.g, self.n)
+        except NotFound:
+            return Outcome.GONE
         return Outcome.DELETED
 
     # -- identity, secret, data ----------------------------------------------------------------

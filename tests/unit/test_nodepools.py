@@ -115,6 +115,8 @@ def test_the_create_command_carries_the_hardening_autoscaling_from_zero_and_the_
         "--workload-metadata=GKE_METADATA",
         "--shielded-secure-boot",
         "--shielded-integrity-monitoring",
+        "--enable-private-nodes",
+        "--no-enable-insecure-kubelet-readonly-port",
         "--labels=stack=dev,managed-by=metaflow-gcp",
         "--accelerator=type=nvidia-tesla-t4,count=2,gpu-driver-version=default",
         "--spot",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp.config import Names, Settings
-from metaflow_gcp.errors import AlreadyExists, StackError
+from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.gcp.operations import OperationFailed, follow
 from metaflow_gcp.graph import Outcome, StepRun
@@ -188,7 +188,15 @@ def _pool_gaps(pool: dict[str, Any], n: Names, recreate: str) -> list[Gap]:
 
 
 def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
-    return gcloud.describe("container", "clusters", "describe", n.cluster, f"--location={n.zone}")
+    return gcloud.describe(*_DESCRIBE, n.cluster, f"--location={n.zone}")
+
+
+def prime_describe(gcloud: Gcloud, n: Names, found: dict[str, Any] | None) -> None:
+    """The next describe of the cluster answers with `found` (read a moment ago)."""
+    gcloud.prime(found, *_DESCRIBE, n.cluster, f"--location={n.zone}")
+
+
+_DESCRIBE = ("container", "clusters", "describe")
 
 
 def drift(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
@@ -295,24 +303,27 @@ def _replace(gcloud: Gcloud, n: Names, run: StepRun, found: dict[str, Any]) -> N
         "again"
     )
     run.note(f"deleting the broken {n.cluster}")
-    delete_cluster(gcloud, n, run)
+    delete_cluster(gcloud, n, run, found)
 
 
-def delete_cluster(gcloud: Gcloud, n: Names, run: StepRun) -> None:
-    """Delete (or keep waiting for a delete already under way) until the cluster is gone."""
-    found = describe(gcloud, n)
-    if found is None and not gcloud.dry_run:
-        return
-    if (found or {}).get("status") != "STOPPING":
-        gcloud.mutate(
-            "container",
-            "clusters",
-            "delete",
-            n.cluster,
-            f"--location={n.zone}",
-            "--quiet",
-            "--async",
-        )
+def delete_cluster(gcloud: Gcloud, n: Names, run: StepRun, found: dict[str, Any]) -> None:
+    """Delete (or keep waiting for a delete already under way) until the cluster is gone.
+
+    found: the cluster as the caller just described it (its status says whether a delete
+    is already under way)."""
+    if found.get("status") != "STOPPING":
+        try:
+            gcloud.mutate(
+                "container",
+                "clusters",
+                "delete",
+                n.cluster,
+                f"--location={n.zone}",
+                "--quiet",
+                "--async",
+            )
+        except NotFound:
+            return
     if gcloud.dry_run:
         return
 

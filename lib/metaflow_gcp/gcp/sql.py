@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from metaflow_gcp.config import Names, Settings
-from metaflow_gcp.errors import AlreadyExists, OperationInProgress, StackError
+from metaflow_gcp.errors import AlreadyExists, NotFound, OperationInProgress, StackError
 from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
 from metaflow_gcp.gcp.operations import OperationFailed, follow
 from metaflow_gcp.graph import Outcome, StepRun
@@ -184,12 +184,32 @@ def _replace(gcloud: Gcloud, run: StepRun, name: str, found: dict[str, Any]) -> 
         f"({found.get('state')}); delete it and create the next generation"
     )
     run.note(f"deleting the failed {name}")
-    if (found.get("settings") or {}).get("deletionProtectionEnabled"):
-        lift_deletion_protection(gcloud, run, name)
-    result = gcloud.mutate("sql", "instances", "delete", name, "--quiet", "--async")
+    protected = bool((found.get("settings") or {}).get("deletionProtectionEnabled"))
+    delete_instance(gcloud, run, name, protected=protected)
+    return name
+
+
+def delete_instance(
+    gcloud: Gcloud, run: StepRun, name: str, *, protected: bool, flags: Sequence[str] = ()
+) -> bool:
+    """Lift the deletion protection if set, delete, and wait; False if it was already gone.
+
+    Nothing is listed first: an instance busy with another operation (a backup, or this
+    very delete started by an interrupted run) answers "in progress", and is waited for.
+    """
+    try:
+        if protected:
+            run.note(f"lifting the deletion protection of {name}")
+            lift_deletion_protection(gcloud, run, name)
+        result = _retry_busy(
+            run,
+            lambda: gcloud.mutate("sql", "instances", "delete", name, *flags, "--quiet", "--async"),
+        )
+    except NotFound:
+        return False
     if not gcloud.dry_run:
         wait_operation(gcloud, run, str(result.json()["name"]), f"deleting {name}")
-    return name
+    return True
 
 
 def lift_deletion_protection(gcloud: Gcloud, run: StepRun, name: str) -> None:
