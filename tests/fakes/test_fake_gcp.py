@@ -243,7 +243,7 @@ def test_apis_answer_service_disabled_until_enabled(fake_cloud: FakeCloud) -> No
 def test_services_enable_async_then_operations_describe_and_wait(fake_cloud: FakeCloud) -> None:
     fake = fake_cloud
     fake.reset(enable_apis=False)
-    fake.set_latency("serviceusage.enable", 3.0)
+    fake.set_latency("serviceusage.enable", 120.0)  # in progress however slow the machine
 
     out = gcloud(
         fake, "services", "enable", "compute.googleapis.com", "iam.googleapis.com", "--async"
@@ -254,6 +254,7 @@ def test_services_enable_async_then_operations_describe_and_wait(fake_cloud: Fak
 
     described = gcloud(fake, "services", "operations", "describe", op.name)
     assert "is still in progress" in described.stderr
+    fake.finish_operations_in(1.0)
     ok(fake, "services", "operations", "wait", op.name)
     assert "complete" in gcloud(fake, "services", "operations", "describe", op.name).stderr
     assert {"compute.googleapis.com", "iam.googleapis.com"} <= fake.state["services"]
@@ -391,7 +392,7 @@ def test_peering_connect_list_and_delete_through_the_tls_proxy(fake_cloud: FakeC
 def test_peering_async_connect_then_operations_describe_and_wait(fake_cloud: FakeCloud) -> None:
     fake = fake_cloud
     seed_private_network(fake, peering=False)
-    fake.set_latency("servicenetworking.connect", 3.0)
+    fake.set_latency("servicenetworking.connect", 120.0)  # in progress however slow the machine
     ok(
         fake,
         "services",
@@ -407,6 +408,7 @@ def test_peering_async_connect_then_operations_describe_and_wait(fake_cloud: Fak
         fake, "services", "vpc-peerings", "operations", "describe", f"--name={op.name}"
     )
     assert "is still in progress" in described.stderr
+    fake.finish_operations_in(1.0)
     ok(fake, "services", "vpc-peerings", "operations", "wait", f"--name={op.name}")
     assert (
         "finished successfully"
@@ -814,7 +816,7 @@ def test_gke_async_create_operations_credentials_and_delete(fake_cloud: FakeClou
     fake = fake_cloud
     seed_private_network(fake, peering=False)
     sa = seed_service_account(fake)
-    fake.set_latency("container.clusters.create", 4.0)
+    fake.set_latency("container.clusters.create", 60.0)  # in progress however slow the machine
     assert "Not found" in fails(
         fake, "container", "clusters", "describe", "mf-gke", f"--location={ZONE}"
     )
