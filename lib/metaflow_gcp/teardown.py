@@ -48,8 +48,7 @@ class Teardown:
         self.delete_data = delete_data
         self.g = stack.gcloud
         self.n = stack.names
-        self.deleted_generation = False
-        self._lock = threading.Lock()
+        self.deleted_instances = threading.Event()  # set by the sql step: move the counter on
 
     # -- what runs on the cluster ------------------------------------------------------------
 
@@ -204,7 +203,7 @@ class Teardown:
             sql.delete_instance(
                 self.g, run, name, protected=name in protected, flags=self._final_backup()
             )
-        self._bump()
+        self.deleted_instances.set()  # even one found gone: its name stays reserved
         return Outcome.DELETED
 
     def _final_backup(self) -> list[str]:
@@ -217,14 +216,18 @@ class Teardown:
             f"--final-backup-description=metaflow-gcp teardown of stack {self.n.stack}",
         ]
 
-    def _bump(self) -> None:
-        """Cloud SQL may keep the name reserved: the next infra.up must use a new one."""
+    def db_generation(self, run: StepRun) -> Outcome:
+        """Cloud SQL keeps a deleted name reserved: the next infra.up must use a new one.
+
+        A step of its own, started the moment the instance is gone, so that this state
+        write runs beside the network chain instead of in front of it."""
+        if not self.deleted_instances.is_set():
+            return Outcome.SKIPPED
         new = self.stack.state.bump_db_generation(self.stack.settings.db_generation_number)
-        with self._lock:
-            self.deleted_generation = True
         self.stack.console.print(
             f"  the next Cloud SQL instance will be {self.n.sql_instance(new)}"
         )
+        return Outcome.UPDATED
 
     def _generation(self) -> int:
         doc = self.stack.state.last.data if self.stack.state.last else {}
@@ -379,6 +382,7 @@ class Teardown:
             Step("releases", "Helm releases", self.releases),
             Step("gke", f"GKE cluster {n.cluster}", self.cluster, ("releases",)),
             Step("sql", "Cloud SQL instances", self.sql_instances, ("releases",)),
+            Step("generation", "DB generation counter", self.db_generation, ("sql",)),
             Step("peering", "private services access", self.peering, ("sql",)),
             Step("psa_range", f"range {n.psa_range}", self.psa_range, ("peering",)),
             Step("subnet", f"subnet {n.subnet}", self.subnet, ("gke",)),
