@@ -14,8 +14,16 @@ from collections.abc import Callable
 from metaflow_gcp.errors import StackError
 from metaflow_gcp.graph import StepRun
 
-# (age in seconds, poll interval): poll every 2 s for the first minute, then back off.
-SCHEDULE: tuple[tuple[float, float], ...] = ((60, 2.0), (300, 5.0), (float("inf"), 10.0))
+# (age in seconds, poll interval). The second look comes half a second after the first:
+# most quick operations (a patch, a small delete) are done by then, where a 2 s sleep
+# would leave them unnoticed on a dependency chain. Then every 2 s for the first minute,
+# then back off.
+SCHEDULE: tuple[tuple[float, float], ...] = (
+    (1.5, 0.5),
+    (60, 2.0),
+    (300, 5.0),
+    (float("inf"), 10.0),
+)
 
 
 def interval(age: float) -> float:
