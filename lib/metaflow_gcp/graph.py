@@ -73,13 +73,15 @@ class StepRun:
         """Say what the step is doing now (e.g. which operation it waits on)."""
         self._graph.note(self.name, text)
 
-    def before_change(self, what: str = "change", *, new: bool = True) -> None:
+    def before_change(self, what: str = "change", *, new: bool = True, locked: bool = True) -> None:
         """Call right before a mutation: waits for the gate (the lock), raises if it failed.
 
         In a plan, this is where the step stops: `what` becomes the plan's line. new=False
         for changes to something that exists (grants, fixes), which later steps can look at.
+        locked=False for a change that is safe without the lock (idempotent, free, never
+        undone, not the stack's own): it goes ahead while the lock is still being taken.
         """
-        self._graph.pass_gate(what, new=new)
+        self._graph.pass_gate(what, new=new, locked=locked)
 
     @property
     def planning(self) -> bool:
@@ -233,11 +235,12 @@ class GraphRun:
         finally:
             self._gate_done.set()
 
-    def pass_gate(self, what: str, *, new: bool = True) -> None:
+    def pass_gate(self, what: str, *, new: bool = True, locked: bool = True) -> None:
         if self.plan:
             raise PlannedChange(what, new=new)
-        self._gate_done.wait()
-        if self._gate_error is not None:
+        if locked:
+            self._gate_done.wait()
+        if self._gate_error is not None:  # a lock held elsewhere stops even unlocked changes
             raise self._gate_error
 
     # -- events --------------------------------------------------------------------------

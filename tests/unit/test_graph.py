@@ -128,6 +128,48 @@ def test_changes_wait_for_the_gate_while_describes_run_meanwhile() -> None:
     assert order == ["describe", "lock taken", "create"]
 
 
+def test_a_change_safe_without_the_lock_goes_ahead_while_the_lock_is_taken() -> None:
+    order: list[str] = []
+
+    def gate() -> None:
+        time.sleep(0.2)
+        order.append("lock taken")
+
+    def enable_apis(run: StepRun) -> Outcome:
+        run.before_change("enable compute", locked=False)
+        order.append("apis enabled")
+        return Outcome.CREATED
+
+    def create(run: StepRun) -> Outcome:
+        run.before_change("create network")
+        order.append("network created")
+        return Outcome.CREATED
+
+    steps = [Step("apis", "apis", enable_apis), Step("net", "net", create, ("apis",))]
+    report = GraphRun(steps, gate=gate).run()
+    assert report.ok
+    assert order == ["apis enabled", "lock taken", "network created"]
+
+
+def test_a_lock_held_elsewhere_stops_even_a_change_safe_without_it() -> None:
+    def gate() -> None:
+        time.sleep(0.1)
+        raise LockHeld("alice@host", "2026-01-01T00:00:00Z", "infra.up")
+
+    changed: list[str] = []
+
+    def enable_apis(run: StepRun) -> Outcome:
+        time.sleep(0.4)  # still reading when the lock is refused
+        run.before_change("enable compute", locked=False)
+        changed.append("apis")
+        return Outcome.CREATED
+
+    report = GraphRun([Step("apis", "apis", enable_apis)], gate=gate).run()
+    with pytest.raises(LockHeld, match="alice@host"):
+        report.raise_for_failure()
+    assert changed == []
+
+
 def test_a_gate_that_fails_stops_everything_and_is_reported_as_itself() -> None:
     def gate() -> None:
         raise LockHeld("alice@host", "2026-01-01T00:00:00Z", "infra.up")

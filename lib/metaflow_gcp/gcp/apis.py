@@ -33,7 +33,9 @@ def ensure(gcloud: Gcloud, run: StepRun, *, cold: bool = False) -> Outcome:
     todo = list(REQUIRED) if cold else missing(gcloud)
     if not todo:
         return Outcome.KEPT
-    run.before_change(f"enable {', '.join(a.split('.')[0] for a in todo)}", new=False)
+    # Enabling APIs is idempotent, free, project-wide and never undone by teardown: it need
+    # not wait for the stack lock, and on a new stack it overlaps taking it.
+    run.before_change(f"enable {', '.join(a.split('.')[0] for a in todo)}", new=False, locked=False)
     run.note(f"enabling {len(todo)} APIs")
     gcloud.mutate("services", "enable", *todo, timeout=1200, fmt=None)
     gcloud.apis_just_enabled()
