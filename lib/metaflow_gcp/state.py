@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from metaflow_gcp.errors import (
 from metaflow_gcp.gcp.gcloud import Gcloud
 
 SCHEMA = 1
+WRITE_ID = "write-id"  # custom metadata: which write made this generation (see read)
 _CREATED = re.compile(r"gs://\S+#(\d+)")
 
 Doc = dict[str, Any]
@@ -123,26 +125,51 @@ class StateStore:
         return None if result.dry_run else _parse(result.stdout, self.url)
 
     def read(self) -> Snapshot:
-        """The document and its generation, consistent with each other."""
-        meta = self.gcloud.describe("storage", "objects", "describe", self.url)
+        """The document and its generation, consistent with each other.
+
+        The object's metadata (with its generation) and its content are read at once. Every
+        write stamps a fresh write id into both, in one upload: when the two ids agree, the
+        content is that generation's. Otherwise (a write landed in between, or a document
+        an older version wrote) the content of exactly that generation is read after.
+        """
+        if self.gcloud.dry_run:
+            return self._read_in_turn()
+        with ThreadPoolExecutor(2) as pool:
+            meta_f = pool.submit(self.gcloud.describe, "storage", "objects", "describe", self.url)
+            content_f = pool.submit(self._cat, self.url)
+            meta, content = meta_f.result(), content_f.result()
         if meta is None:
             return self._remember(Snapshot(self._blank(), 0))
         generation = int(meta["generation"])
+        stamped = str((meta.get("custom_fields") or {}).get(WRITE_ID) or "")
+        if content is not None and stamped:
+            doc = _parse(content, self.url)
+            if doc.get("write_id") == stamped:
+                return self._remember(Snapshot(doc, generation))
+        return self._read_generation(generation)
+
+    def _read_in_turn(self) -> Snapshot:
+        meta = self.gcloud.describe("storage", "objects", "describe", self.url)
+        if meta is None:
+            return self._remember(Snapshot(self._blank(), 0))
+        return self._read_generation(int(meta["generation"]))
+
+    def _read_generation(self, generation: int) -> Snapshot:
+        content = self._cat(f"{self.url}#{generation}")
+        if content is None:
+            # Replaced and pruned between the two calls: the caller's write will 412 and retry.
+            return self._remember(Snapshot(self._blank(), generation))
+        return self._remember(Snapshot(_parse(content, self.url), generation))
+
+    def _cat(self, url: str) -> str | None:
         try:
             result = self.gcloud.runner.run(
-                [
-                    "gcloud",
-                    "storage",
-                    "cat",
-                    f"{self.url}#{generation}",
-                    f"--project={self.gcloud.project}",
-                ],
+                ["gcloud", "storage", "cat", url, f"--project={self.gcloud.project}"],
                 mutating=False,
             )
         except NotFound:
-            # Replaced and pruned between the two calls: the caller's write will 412 and retry.
-            return self._remember(Snapshot(self._blank(), generation))
-        return self._remember(Snapshot(_parse(result.stdout, self.url), generation))
+            return None
+        return result.stdout
 
     # -- writing -------------------------------------------------------------------------
 
@@ -152,7 +179,14 @@ class StateStore:
         Uploads from a small temp file: small uploads are single-request (non-resumable),
         which is where every GCS implementation checks the precondition.
         """
-        data = {**data, "schema": SCHEMA, "updated_at": now(), "updated_by": _who()}
+        write_id = uuid.uuid4().hex
+        data = {
+            **data,
+            "schema": SCHEMA,
+            "updated_at": now(),
+            "updated_by": _who(),
+            "write_id": write_id,
+        }
         if self.gcloud.dry_run:
             self.gcloud.mutate(
                 "storage",
@@ -174,6 +208,7 @@ class StateStore:
                 str(path),
                 self.url,
                 f"--if-generation-match={generation}",
+                f"--custom-metadata={WRITE_ID}={write_id}",
                 "--print-created-message",
                 fmt=None,
             )

@@ -60,6 +60,44 @@ def test_a_write_based_on_a_stale_generation_is_refused(store_factory: StoreFact
     assert store.peek() == store.read().data
 
 
+def _reads(store: StateStore) -> list[str]:
+    return [r.command for r in store.gcloud.runner.history if " storage " in f" {r.command}"]
+
+
+def test_a_document_this_tool_wrote_is_read_in_one_round_trip(store_factory: StoreFactory) -> None:
+    writer = store_factory()
+    writer.ensure_bucket()
+    generation = writer.write({"db_generation": 3}, 0)
+
+    reader = store_factory()
+    snapshot = reader.read()
+    assert (snapshot.generation, snapshot.data["db_generation"]) == (generation, 3)
+    reads = _reads(reader)
+    assert len(reads) == 2  # metadata and content, side by side
+    assert not any("#" in r for r in reads), reads  # the write ids agreed: no second read
+
+
+def test_content_that_does_not_carry_the_generations_write_id_is_read_by_generation(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """A document an older version (or a hand) uploaded, or one replaced mid-read."""
+    store = store_factory()
+    store.ensure_bucket()
+    by_hand = tmp_path / "state.json"
+    by_hand.write_text(json.dumps({"db_generation": 7, "write_id": "not-this-upload"}))
+    store.gcloud.mutate(
+        "storage", "cp", str(by_hand), store.url, "--custom-metadata=write-id=another", fmt=None
+    )
+
+    reader = store_factory()
+    snapshot = reader.read()
+    assert snapshot.data["db_generation"] == 7
+    generation_reads = [r for r in _reads(reader) if f"{store.url}#{snapshot.generation}" in r]
+    assert len(generation_reads) == 1, _reads(reader)
+    reader.update(lambda doc: doc.update(note="written on the right generation"))
+    assert store_factory().read().data["note"] == "written on the right generation"
+
+
 def test_an_update_retries_when_another_run_wrote_in_between(store_factory: StoreFactory) -> None:
     mine, theirs = store_factory(), store_factory()
     mine.ensure_bucket()
