@@ -118,6 +118,25 @@ class InvalidArgument(CommandError):
     kind = "rejected the request"
 
 
+class InUse(CommandError):
+    """A delete refused while something still uses the resource; it is freed in time
+    (a subnet used by a cluster being deleted, a range held by Service Networking)."""
+
+    kind = "still in use"
+
+
+class NotYetPropagated(InvalidArgument):
+    """A service account made moments ago is not visible to every API yet."""
+
+    kind = "not visible yet"
+
+
+class NotOfferedInZone(InvalidArgument):
+    """The zone has no such accelerator type."""
+
+    kind = "not offered in this zone"
+
+
 @dataclass
 class LockHeld(StackError):
     """Another run holds the stack."""
@@ -185,7 +204,10 @@ _GCLOUD_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
         "Cloud SQL runs one operation per instance at a time; it is retried",
     ),
     (
-        re.compile(r"HTTPError 412|Precondition ?[Ff]ailed|conditionNotMet|PRECONDITION"),
+        # A failed write condition (GCS 412), not gRPC's FAILED_PRECONDITION (a 400).
+        re.compile(
+            r"HTTPError 412|Precondition ?[Ff]ailed|conditionNotMet|(?<!FAILED_)PRECONDITION"
+        ),
         PreconditionFailed,
         "",
     ),
@@ -219,11 +241,25 @@ _GCLOUD_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
         "",
     ),
     (
+        # Deletes refused while something still uses the resource: Compute says 'is already
+        # being used by' (400), Service Networking 'still using'. After AlreadyExists, so a
+        # create refused because a name is "already in use" stays a conflict.
+        re.compile(r"\bin ?use\b|being used by|still using|resourceInUse", re.IGNORECASE),
+        InUse,
+        "",
+    ),
+    (
         re.compile(
             r"PERMISSION_DENIED|[Pp]ermission denied|does not have .*permission|HTTPError 403"
         ),
         PermissionDenied,
         "ask a project owner for the missing role (the message names it)",
+    ),
+    (re.compile(r'Accelerator type "?[^"\s]+"? does not exist in zone'), NotOfferedInZone, ""),
+    (
+        re.compile(r'Service account "?[^"\s]+"? does not exist'),
+        NotYetPropagated,
+        "a new service account can take a minute to be visible everywhere; it is retried",
     ),
     (
         re.compile(r"INVALID_ARGUMENT|FAILED_PRECONDITION|HTTPError 400|Invalid value|invalid"),

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.errors import (
     CommandError,
+    InUse,
     MissingTool,
     NotAuthenticated,
     NotFound,
@@ -247,10 +248,8 @@ class Teardown:
                 call()
             except NotFound:
                 return True, "GONE"
-            except CommandError as error:  # 400 in-use, or an operation that failed for it
-                if _in_use(error):
-                    return False, "STILL IN USE"
-                raise
+            except InUse:  # a 400, or an operation that failed for it
+                return False, "STILL IN USE"
             return True, "DELETED"
 
         follow(run, what, attempt, timeout=IN_USE_WAIT)
@@ -404,12 +403,6 @@ class Teardown:
                 )
             )
         return steps
-
-
-def _in_use(error: CommandError) -> bool:
-    """Compute says 'is already being used by', Service Networking 'still using'."""
-    text = error.stderr.lower()
-    return any(phrase in text for phrase in ("in use", "inuse", "being used by", "still using"))
 
 
 def run(stack: Stack, *, delete_data: bool = False, force_unlock: bool = False) -> Report:

@@ -139,6 +139,39 @@ GCLOUD_FAILURES = [
         "ERROR: (gcloud.x) INVALID_ARGUMENT: Role roles/foo is not supported.",
         errors.InvalidArgument,
     ),
+    (
+        "ERROR: (gcloud.compute.networks.delete) Could not fetch resource:\n - The network "
+        "resource 'projects/p/global/networks/n' is already being used by "
+        "'projects/p/global/addresses/r'",
+        errors.InUse,
+    ),
+    (
+        "ERROR: (gcloud.services.vpc-peerings.delete) HTTPError 400: Failed to delete "
+        "connection; Producer services (e.g. CloudSQL, Cloud Memstore, etc.) are still using "
+        "this connection. FAILED_PRECONDITION",
+        errors.InUse,
+    ),
+    (
+        "ERROR: (gcloud.projects.set-iam-policy) INVALID_ARGUMENT: Service account "
+        "mf-x-steps@p.iam.gserviceaccount.com does not exist.",
+        errors.NotYetPropagated,
+    ),
+    (
+        "ERROR: (gcloud.container.node-pools.create) ResponseError: code=400, message="
+        'Accelerator type "nvidia-l4" does not exist in zone us-west2-a.',
+        errors.NotOfferedInZone,
+    ),
+    (
+        "ERROR: (gcloud.container.node-pools.create) ResponseError: code=400, message=Cluster is "
+        "running incompatible operation operation-1. FAILED_PRECONDITION",
+        errors.InvalidArgument,  # gRPC's FAILED_PRECONDITION is no failed write condition
+    ),
+    (
+        "ERROR: (gcloud.sql.instances.create) HTTPError 409: The Cloud SQL instance already "
+        "exists. When you delete an instance, you can't reuse the name of the deleted instance "
+        "until one week from the deletion date.",
+        errors.AlreadyExists,
+    ),
 ]
 
 

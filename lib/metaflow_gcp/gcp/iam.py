@@ -19,8 +19,8 @@ from metaflow_gcp.config import Names
 from metaflow_gcp.errors import (
     AlreadyExists,
     ConcurrentChange,
-    InvalidArgument,
     NotFound,
+    NotYetPropagated,
     StackError,
 )
 from metaflow_gcp.gcp.gcloud import Gcloud
@@ -292,9 +292,8 @@ def edit_policy(
         except ConcurrentChange:
             attempt += 1
             run.note("the policy changed under us; re-reading")
-        except InvalidArgument as error:
-            # A brand-new service account is not visible everywhere at once.
-            if "does not exist" not in error.stderr or time.monotonic() > deadline:
+        except NotYetPropagated:
+            if time.monotonic() > deadline:
                 raise
             attempt += 1
             run.note("waiting for new service accounts to become usable")

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from metaflow_gcp.config import Names, Settings
-from metaflow_gcp.errors import AlreadyExists, CommandError, NotFound, StackError
+from metaflow_gcp.errors import (
+    AlreadyExists,
+    CommandError,
+    NotFound,
+    NotOfferedInZone,
+    StackError,
+)
 from metaflow_gcp.gcp import accelerators
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.gcp.operations import OperationFailed, follow
@@ -183,7 +189,7 @@ def _wait(
 
 
 def _zone_problem(error: CommandError, p: Pool, n: Names) -> StackError | None:
-    if p.gpu_type and "does not exist in zone" in error.stderr:
+    if p.gpu_type and isinstance(error, NotOfferedInZone):
         return StackError(
             f"gpu_type: zone {n.zone} does not offer {p.gpu_type}. Fix: pick a zone that does "
             f"(`gcloud compute accelerator-types list --filter=name={p.gpu_type}`) and set zone, "
