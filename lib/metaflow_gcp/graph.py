@@ -101,6 +101,21 @@ class StepRun:
 
 Action = Callable[[StepRun], Outcome]
 
+_current = threading.local()  # the StepRun of the step this thread works for, if any
+
+
+def pause(seconds: float) -> None:
+    """Wait before a retry, from code that has no StepRun at hand (the gcloud wrapper).
+
+    In a step's thread it waits the way the step would: Ctrl-C, or a refused lock, ends the
+    wait at once and nothing more is started. Elsewhere it is a plain sleep.
+    """
+    run: StepRun | None = getattr(_current, "run", None)
+    if run is None:
+        time.sleep(seconds)
+    else:
+        run.sleep(seconds)
+
 
 @dataclass(frozen=True)
 class Step:
@@ -326,8 +341,10 @@ class GraphRun:
             state.started = time.monotonic()
         if self.view:
             self.view.event(state, "started")
+        run = StepRun(step.name, self)
+        _current.run = run
         try:
-            outcome = step.action(StepRun(step.name, self))
+            outcome = step.action(run)
         except PlannedChange as change:
             with self._lock:
                 state.status = Status.DONE
@@ -351,6 +368,8 @@ class GraphRun:
             if not isinstance(error, Exception):
                 raise
             return Outcome.SKIPPED
+        finally:
+            _current.run = None
         with self._lock:
             state.status = Status.DONE
             state.outcome = outcome

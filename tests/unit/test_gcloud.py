@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from pytest_subprocess import FakeProcess
 
 from metaflow_gcp.errors import ApiNotEnabled
 from metaflow_gcp.gcp import gcloud as gcloud_module
 from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.graph import GraphRun, Interrupted, Outcome, Step, StepRun
 from metaflow_gcp.shell import Runner
 
 CREATE = ["gcloud", "compute", "networks", "create", "mf-dev-vpc", FakeProcess.any()]
@@ -52,3 +56,26 @@ def test_the_wait_for_a_fresh_enable_ends(fp: FakeProcess, monkeypatch: pytest.M
 
     with pytest.raises(ApiNotEnabled):
         g.mutate("compute", "networks", "create", "mf-dev-vpc")
+
+
+def test_ctrl_c_ends_the_wait_for_a_settling_api_and_starts_no_command_after(
+    fp: FakeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gcloud_module, "API_RETRY_PAUSE", 30.0)
+    fp.register(CREATE, returncode=1, stderr=DISABLED)
+    fp.register(CREATE, stdout="{}")  # what a retry would run: it must never come
+    g = Gcloud(Runner(), "acme-ml-prod")
+    g.apis_just_enabled()
+
+    def create(run: StepRun) -> Outcome:
+        g.mutate("compute", "networks", "create", "mf-dev-vpc")
+        return Outcome.CREATED
+
+    graph = GraphRun([Step("network", "network", create)])
+    threading.Timer(0.3, graph.interrupt.set).start()  # what Ctrl-C does to a run
+    started = time.monotonic()
+    report = graph.run()
+
+    assert time.monotonic() - started < 5, "the 30 s pause was waited out"
+    assert isinstance(report.states["network"].error, Interrupted)
+    assert fp.call_count(CREATE) == 1

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from metaflow_gcp.errors import AlreadyExists, ApiNotEnabled, NotFound
-from metaflow_gcp.graph import Outcome, StepRun
+from metaflow_gcp.graph import Outcome, StepRun, pause
 from metaflow_gcp.shell import Result, Runner
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ class Gcloud:
                     settling = time.monotonic() < self._settle_until
                 if not settling:
                     raise
-                time.sleep(API_RETRY_PAUSE)
+                pause(API_RETRY_PAUSE)  # Ctrl-C ends it; no command starts after
 
     def prime(self, answer: Any, *args: str) -> None:
         """Remember the answer to a read made moments ago, for the next identical read (once).
