@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.app import Stack, lock_holder, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import StackError
 from metaflow_gcp.gcp import gke, iam, network, nodepools, sql, storage
@@ -65,7 +65,7 @@ def unlock(stack: Stack) -> None:
     if not held:
         stack.console.print(f"Stack '{stack.names.stack}' is not locked.")
         return
-    who = f"{held.get('holder')} ({held.get('task')}, since {held.get('since')})"
+    who = lock_holder(held)
     if not stack.assume_yes:
         if not stack.interactive():
             raise StackError(f"the lock is held by {who}. Fix: pass --yes to break it")

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.app import Stack, lock_stack, preflight
 from metaflow_gcp.config import Settings
 from metaflow_gcp.errors import MissingTool, NotAuthenticated, StackError
 from metaflow_gcp.gcp import apis, gke, iam, network, nodepools, secrets, sql, storage
@@ -497,12 +497,7 @@ def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool, refresh: bool) 
     def take_lock() -> None:
         if doc is None:
             state.ensure_bucket()
-        broken = state.acquire("infra.up", force=force_unlock)
-        if broken:
-            console.print(
-                f"[yellow]![/] broke the lock of {broken.get('holder')} "
-                f"({broken.get('task')}, since {broken.get('since')})"
-            )
+        lock_stack(stack, "infra.up", force=force_unlock)
         assert state.last is not None
         run.adopt(state.last.data)
         held.set()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp import airflow_db, kube_names, nextsteps
-from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.app import Stack, lock_stack, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
@@ -996,13 +996,8 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
     held = False
     report: Report | None = None
     try:
-        broken = stack.state.acquire("services.up", force=force_unlock)
+        lock_stack(stack, "services.up", force=force_unlock)
         held = True
-        if broken:
-            console.print(
-                f"[yellow]![/] broke the lock of {broken.get('holder')} "
-                f"({broken.get('task')}, since {broken.get('since')})"
-            )
         run.doc = dict(stack.state.last.data) if stack.state.last else {}
         if not stack.dry_run:
             _check_infra(stack, run.doc)

@@ -20,7 +20,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from metaflow_gcp.app import Stack, preflight
+from metaflow_gcp.app import Stack, lock_stack, preflight
 from metaflow_gcp.errors import (
     CommandError,
     InUse,
@@ -435,7 +435,7 @@ def run(stack: Stack, *, delete_data: bool = False, force_unlock: bool = False) 
     held = threading.Event()
 
     def take_lock() -> None:
-        stack.state.acquire("teardown", force=force_unlock)
+        lock_stack(stack, "teardown", force=force_unlock)
         held.set()
 
     if stack.dry_run:

@@ -145,3 +145,18 @@ def test_without_a_terminal_and_without_yes_teardown_refuses_before_any_call(
     with pytest.raises(StackError, match="needs a confirmation"):
         teardown.run(stack)
     assert len(fake_cloud.requests) == 0
+
+
+def test_teardown_with_force_unlock_names_whose_lock_it_broke(fake_cloud: FakeCloud) -> None:
+    other = make_stack(fake_cloud)  # another administrator, in the middle of an infra.up
+    other.state.ensure_bucket()
+    other.state.acquire("infra.up")
+
+    stack = make_stack(fake_cloud)
+    with pytest.raises(StackError, match=r"running 'infra\.up'"):
+        teardown.run(stack)  # without --force-unlock: refused, naming the holder
+
+    forced = make_stack(fake_cloud)
+    assert teardown.run(forced, force_unlock=True).ok, output(forced)
+    assert "broke the lock of " in output(forced)
+    assert "(infra.up, since " in output(forced)
