@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,6 @@ class Stack:
     console: Console
     verbose: bool = False
     assume_yes: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dry_run(self) -> bool:

@@ -26,11 +26,10 @@ def make_stack(fake: FakeCloud, *, dry_run: bool = False, **overrides: Any) -> S
         env=fake.env,
         console=console,
     )
-    stack.extra["buffer"] = buffer
     return stack
 
 
 def output(stack: Stack) -> str:
-    buffer = stack.extra["buffer"]
+    buffer = stack.console.file  # the StringIO make_stack gave the console
     assert isinstance(buffer, io.StringIO)
     return buffer.getvalue()
