@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ PROJECT_NUMBER = "123456"
 SERVICES_SA = "mf-dev-services@acme-ml-prod.iam.gserviceaccount.com"
 STEPS_SA = "mf-dev-steps@acme-ml-prod.iam.gserviceaccount.com"
 AIRFLOW_SECRET = "mf-dev-airflow-db-password"
+CONCURRENT_POLICY_CHANGE = (
+    "ERROR: (gcloud.iam.service-accounts.set-iam-policy) ABORTED: There were concurrent policy "
+    "changes. Please retry the whole read-modify-write with exponential backoff.\n"
+)
 AIRFLOW_SECRET_V1 = f"projects/{PROJECT_NUMBER}/secrets/{AIRFLOW_SECRET}/versions/1"
 PROXY_KSA = f"serviceAccount:{POOL}[airflow/mf-dev-airflow-db]"
 STEPS_KSA = f"serviceAccount:{POOL}[airflow/mf-dev-steps]"
@@ -65,6 +70,7 @@ class AirflowCluster(FakeCluster):
         self.sql_order: list[str] = []  # "create database I" / "create user I"
         self.airflow_secret: str | None = None  # version name, once created
         self.policies: dict[str, dict[str, Any]] = {}
+        self.iam_lock = threading.Lock()
         self.claims: set[tuple[str, str]] = set()
         self.stdins: list[str] = []
 
@@ -103,13 +109,17 @@ class AirflowCluster(FakeCluster):
             return self.airflow_secret_call(argv, words)
         if words[:2] == ["iam", "service-accounts"] and len(words) > 3:
             email = words[3]
-            if words[2] == "get-iam-policy":
-                return 0, json.dumps(self.policies.get(email, {"etag": "BwYA"})), ""
-            if words[2] == "set-iam-policy":
-                self.mutations.append(argv)
-                policy = json.loads(Path(words[4]).read_text())
-                self.policies[email] = {**policy, "etag": "BwYB"}
-                return 0, json.dumps(self.policies[email]), ""
+            with self.iam_lock:  # steps run at once: IAM's etag check is what keeps them apart
+                current = self.policies.get(email, {"etag": "BwYA"})
+                if words[2] == "get-iam-policy":
+                    return 0, json.dumps(current), ""
+                if words[2] == "set-iam-policy":
+                    policy = json.loads(Path(words[4]).read_text())
+                    if policy.get("etag") != current["etag"]:
+                        return 1, "", CONCURRENT_POLICY_CHANGE
+                    self.mutations.append(argv)
+                    self.policies[email] = {**policy, "etag": f"BwY{len(self.mutations)}"}
+                    return 0, json.dumps(self.policies[email]), ""
         if words[:3] == ["iam", "service-accounts", "list"]:
             listed = [{"email": e} for e in (SERVICES_SA, STEPS_SA)]
             return 0, json.dumps(listed), ""
