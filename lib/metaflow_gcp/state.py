@@ -132,8 +132,9 @@ class StateStore:
         content is that generation's. Otherwise (a write landed in between, or a document
         an older version wrote) the content of exactly that generation is read after.
         """
-        if self.gcloud.dry_run:
-            return self._read_in_turn()
+        if self.gcloud.dry_run:  # the read is shown, not made: a dry run sees no document
+            self.gcloud.describe("storage", "objects", "describe", self.url)
+            return self._remember(Snapshot(self._blank(), 0))
         with ThreadPoolExecutor(2) as pool:
             meta_f = pool.submit(self.gcloud.describe, "storage", "objects", "describe", self.url)
             content_f = pool.submit(self._cat, self.url)
@@ -147,12 +148,6 @@ class StateStore:
             if doc.get("write_id") == stamped:
                 return self._remember(Snapshot(doc, generation))
         return self._read_generation(generation)
-
-    def _read_in_turn(self) -> Snapshot:
-        meta = self.gcloud.describe("storage", "objects", "describe", self.url)
-        if meta is None:
-            return self._remember(Snapshot(self._blank(), 0))
-        return self._read_generation(int(meta["generation"]))
 
     def _read_generation(self, generation: int) -> Snapshot:
         content = self._cat(f"{self.url}#{generation}")
