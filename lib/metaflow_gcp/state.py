@@ -15,7 +15,6 @@ import random
 import re
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from metaflow_gcp.errors import (
     StackError,
 )
 from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.graph import pause
 
 SCHEMA = 1
 WRITE_ID = "write-id"  # custom metadata: which write made this generation (see read)
@@ -233,7 +233,7 @@ class StateStore:
                 assert self._last is not None
                 return self._last
             except PreconditionFailed:
-                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # noqa: S311 - jitter
+                pause(random.uniform(0.05, 0.3) * (attempt + 1))  # noqa: S311 - jitter
                 snapshot, fresh = self.read(), True
         raise StackError(
             f"could not update {self.url}: it changed {attempts} times while we tried. "

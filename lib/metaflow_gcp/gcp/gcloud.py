@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from metaflow_gcp.errors import AlreadyExists, ApiNotEnabled, NotFound
-from metaflow_gcp.graph import Outcome, StepRun, pause
+from metaflow_gcp.gcp.operations import RetryOn, retry
+from metaflow_gcp.graph import Outcome, StepRun
 from metaflow_gcp.shell import Result, Runner
 
 T = TypeVar("T")
@@ -33,15 +34,11 @@ class Gcloud:
             self._settle_until = time.monotonic() + API_SETTLE
 
     def _settling(self, call: Callable[[], T]) -> T:
-        while True:
-            try:
-                return call()
-            except ApiNotEnabled:
-                with self._lock:
-                    settling = time.monotonic() < self._settle_until
-                if not settling:
-                    raise
-                pause(API_RETRY_PAUSE)  # Ctrl-C ends it; no command starts after
+        return retry(call, RetryOn(ApiNotEnabled, pause=API_RETRY_PAUSE, still=self._settles))
+
+    def _settles(self) -> bool:
+        with self._lock:
+            return time.monotonic() < self._settle_until
 
     def prime(self, answer: Any, *args: str) -> None:
         """Remember the answer to a read made moments ago, for the next identical read (once).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,27 @@ from metaflow_gcp.errors import (
     StackError,
 )
 from metaflow_gcp.gcp.gcloud import Gcloud
+from metaflow_gcp.gcp.operations import RetryOn, retry
 from metaflow_gcp.graph import Outcome, StepRun
 
 WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
 NEW_ACCOUNT_GRACE = 90.0  # a new service account can take about a minute to be usable
+POLICY_ATTEMPTS = 9
+
+
+class _Written(Exception):
+    """A policy write went through: read once more to see it (and anything that raced it)."""
+
+
+# The races of a read-modify-write on an IAM policy, and what each one waits for.
+RE_READ = RetryOn(ConcurrentChange, pause=0, note="the policy changed under us; re-reading")
+_VERIFY = RetryOn(_Written, pause=0)
+NEW_ACCOUNTS = RetryOn(
+    NotYetPropagated,
+    pause=5,
+    within=NEW_ACCOUNT_GRACE,
+    note="waiting for new service accounts to become usable",
+)
 
 
 @dataclass(frozen=True)
@@ -237,22 +253,28 @@ def remove_members(
     Read, edit, write with the etag; when someone else wrote in between (ABORTED), read
     again. A dry run shows the read and the write.
     """
-    for attempt in range(attempts):
+    tries = 0
+
+    def once() -> bool:
+        nonlocal tries
+        tries += 1
         policy = gcloud.read(*get, dry={}) or {}
         present = members & {
             m for b in policy.get("bindings", []) if _holds(b, role) for m in b.get("members", [])
         }
         if not present and not gcloud.dry_run:
-            return attempt > 0
+            return tries > 1
         what = f"{role} of " if role else "the IAM bindings of "
         run.before_change(f"remove {what}{', '.join(sorted(present or members))}", new=False)
-        try:
-            set_policy(gcloud, target, without_members(policy, members, role=role))
-        except ConcurrentChange:
-            run.note("the policy changed under us; re-reading")
-            continue
+        set_policy(gcloud, target, without_members(policy, members, role=role))
         return True
-    raise StackError(f"could not update the IAM policy of {target[-1]} after {attempts} tries")
+
+    try:
+        return retry(once, RE_READ, run=run, attempts=attempts)
+    except ConcurrentChange:
+        raise StackError(
+            f"could not update the IAM policy of {target[-1]} after {attempts} tries"
+        ) from None
 
 
 def set_policy(gcloud: Gcloud, target: list[str], policy: dict[str, Any]) -> None:
@@ -276,30 +298,41 @@ def edit_policy(
     what: str,
 ) -> Outcome:
     """Add `wanted` to a resource's IAM policy: read, merge, write with etag; retry the races."""
-    deadline = time.monotonic() + NEW_ACCOUNT_GRACE
-    attempt = 0
-    while True:
+    tries = 0
+
+    def once() -> Outcome:
+        """One read, merge and write; the next call reads again to see the write took."""
+        nonlocal tries
+        tries += 1
         policy = gcloud.read(*get, dry={}) or {}
         add = missing_bindings(policy, wanted)
         if not add:
-            return Outcome.KEPT if attempt == 0 else Outcome.UPDATED
+            return Outcome.KEPT if tries == 1 else Outcome.UPDATED
         run.before_change(f"grant {', '.join(sorted({b.role for b in add}))} ({what})", new=False)
-        try:
-            set_policy(gcloud, target, with_bindings(policy, add))
-            if gcloud.dry_run:
-                return Outcome.UPDATED
-            attempt += 1
-        except ConcurrentChange:
-            attempt += 1
-            run.note("the policy changed under us; re-reading")
-        except NotYetPropagated:
-            if time.monotonic() > deadline:
-                raise
-            attempt += 1
-            run.note("waiting for new service accounts to become usable")
-            run.sleep(5)
-        if attempt > 8:
-            raise StackError(f"could not update the IAM policy ({what}) after {attempt} tries")
+        set_policy(gcloud, target, with_bindings(policy, add))
+        if gcloud.dry_run:
+            return Outcome.UPDATED
+        raise _Written
+
+    try:
+        return retry(once, _VERIFY, RE_READ, NEW_ACCOUNTS, run=run, attempts=POLICY_ATTEMPTS)
+    except (_Written, ConcurrentChange):
+        raise StackError(
+            f"could not update the IAM policy ({what}) after {POLICY_ATTEMPTS} tries"
+        ) from None
+
+
+def project_policy(gcloud: Gcloud, n: Names) -> dict[str, Any]:
+    return dict(gcloud.read(*_project_policy_args(n), dry={}) or {})
+
+
+def prime_project_policy(gcloud: Gcloud, n: Names, policy: dict[str, Any]) -> None:
+    """The next read of the project policy answers with `policy` (read a moment ago)."""
+    gcloud.prime(policy, *_project_policy_args(n))
+
+
+def _project_policy_args(n: Names) -> list[str]:
+    return ["projects", "get-iam-policy", n.project]
 
 
 def ensure_project_bindings(

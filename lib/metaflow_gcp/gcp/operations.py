@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from metaflow_gcp.errors import StackError
-from metaflow_gcp.graph import StepRun
+from metaflow_gcp.graph import StepRun, pause
+
+T = TypeVar("T")
 
 # (age in seconds, poll interval). The second look comes half a second after the first:
 # most quick operations (a patch, a small delete) are done by then, where a 2 s sleep
@@ -64,3 +68,44 @@ def follow(
             )
         run.note(f"{what}: {status.lower()} ({age:.0f}s)")
         run.sleep(interval(age))
+
+
+# ---------------------------------------------------------------------------------------
+# Retrying a call that may answer "not yet": the one loop every retry goes through.
+
+
+@dataclass(frozen=True)
+class RetryOn:
+    """An error that means "not yet": wait `pause` seconds, note why, and call again, for
+    at most `within` seconds after the first call and only while `still()` holds."""
+
+    error: type[Exception]
+    pause: float
+    note: str = ""
+    within: float = float("inf")
+    still: Callable[[], bool] | None = None
+
+
+def retry(
+    call: Callable[[], T], *rules: RetryOn, run: StepRun | None = None, attempts: int = 0
+) -> T:
+    """`call` until it returns, or raises what no rule covers (or covers no longer).
+
+    attempts: at most that many calls (0: no limit but the rules'). The waits end at once on
+    Ctrl-C or a refused lock, through the step's own sleep, so nothing is started after.
+    """
+    started = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return call()
+        except tuple(rule.error for rule in rules) as error:
+            rule = next(r for r in rules if isinstance(error, r.error))
+            late = time.monotonic() - started > rule.within
+            if late or (rule.still and not rule.still()) or (attempts and tries >= attempts):
+                raise
+            if run is not None and rule.note:
+                run.note(rule.note)
+            if rule.pause:
+                run.sleep(rule.pause) if run is not None else pause(rule.pause)

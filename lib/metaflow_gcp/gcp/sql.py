@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from metaflow_gcp.config import Names, Settings
 from metaflow_gcp.errors import AlreadyExists, NotFound, OperationInProgress, StackError
 from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
-from metaflow_gcp.gcp.operations import OperationFailed, follow
+from metaflow_gcp.gcp.operations import OperationFailed, RetryOn, follow, retry
 from metaflow_gcp.graph import Outcome, StepRun
 
 CREATE_TIMEOUT = 45 * 60.0
 BUSY_TIMEOUT = 15 * 60.0
+FINAL_BACKUP_DAYS = 30  # Cloud SQL's own default; restorable with `gcloud sql backups restore`
 T = TypeVar("T")
 # gcloud logs every parsed flag, --password included, to its log files unless told not to.
 NO_FILE_LOG = {"CLOUDSDK_CORE_DISABLE_FILE_LOGGING": "1"}
@@ -272,15 +272,14 @@ def _existing(
 
 
 def _retry_busy(run: StepRun, call: Callable[[], T]) -> T:
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            return call()
-        except OperationInProgress:
-            if time.monotonic() > deadline:
-                raise
-            run.note("the instance is busy with another operation; waiting")
-            run.sleep(5)
+    """Cloud SQL runs one operation per instance at a time: wait for the one under way."""
+    busy = RetryOn(
+        OperationInProgress,
+        pause=5,
+        within=BUSY_TIMEOUT,
+        note="the instance is busy with another operation; waiting",
+    )
+    return retry(call, busy, run=run)
 
 
 def ensure_database(
