@@ -82,17 +82,6 @@ def open_stack(
     return Stack(settings, names, runner, gcloud, state, console, verbose, yes)
 
 
-def lock_stack(stack: Stack, task: str, *, force: bool = False) -> None:
-    """Lock the stack for `task`; a lock broken on purpose (--force-unlock) is always named."""
-    broken = stack.state.acquire(task, force=force)
-    if broken:
-        stack.console.print(f"[yellow]![/] broke the lock of {lock_holder(broken)}")
-
-
-def lock_holder(lock: Mapping[str, Any]) -> str:
-    return f"{lock.get('holder')} ({lock.get('task')}, since {lock.get('since')})"
-
-
 def preflight(stack: Stack, *tools: str) -> None:
     """Each missing tool gets its own line with how to install it; dry runs need none."""
     if stack.dry_run:

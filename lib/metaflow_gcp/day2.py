@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from metaflow_gcp.app import Stack, lock_holder, preflight
+from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import StackError
-from metaflow_gcp.gcp import gke, iam, network, nodepools, sql, storage
+from metaflow_gcp.gcp import gke, iam, network, nodepools, secrets, sql, storage
 from metaflow_gcp.kube import Kubectl
+from metaflow_gcp.lifecycle import lock_holder
 from metaflow_gcp.state import db_generation
 
 

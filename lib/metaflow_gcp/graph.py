@@ -83,6 +83,11 @@ class StepRun:
         """
         self._graph.pass_gate(what, new=new, locked=locked)
 
+    def before_removal(self, what: str) -> None:
+        """before_change for a delete: a removal hides nothing that a later step reads, so
+        a preview goes on to look at the steps after it."""
+        self._graph.pass_gate(what, new=False, locked=True)
+
     @property
     def planning(self) -> bool:
         """True in a plan: a step that would otherwise act first and read later reads first."""

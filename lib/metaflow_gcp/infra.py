@@ -23,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from metaflow_gcp.app import Stack, lock_stack, preflight
+from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Settings
 from metaflow_gcp.errors import MissingTool, NotAuthenticated, StackError
 from metaflow_gcp.gcp import apis, gke, iam, network, nodepools, secrets, sql, storage
 from metaflow_gcp.graph import Outcome, Report, Step, StepRun, run_steps
+from metaflow_gcp.lifecycle import TaskRun
 from metaflow_gcp.state import Doc, db_generation, now
 
 # Settings that do not shape the Google Cloud side. Every other setting is in the
@@ -450,72 +451,50 @@ def print_plan(stack: Stack, report: Report) -> None:
 
 def up(stack: Stack, *, force_unlock: bool = False, refresh: bool = False) -> Report | None:
     """Create what is missing, concurrently, under the stack lock; resume after any failure."""
-    console = stack.console
-    if not stack.dry_run and not stack.assume_yes and not stack.interactive():
-        raise StackError(
-            "infra.up creates billable resources and needs a confirmation. Fix: run it on a "
-            "terminal, or pass --yes"
-        )
+    task = TaskRun(stack, "infra.up", force_unlock=force_unlock)
+    task.require_consent("creates billable resources and needs a confirmation")
     if stack.dry_run:
-        console.print(
-            f"[bold]Dry run[/]: the commands infra.up would run for stack "
-            f"'{stack.names.stack}' (nothing is called):"
-        )
-        report = _apply(stack, None, force_unlock=force_unlock, refresh=refresh)
-        mutating = sum(1 for r in stack.runner.history if r.mutating)
-        reads = len(stack.runner.history) - mutating
-        console.print(f"{mutating} changing commands and {reads} reads would run.")
+        task.announce_dry_run()
+        report = _apply(task, None, refresh=refresh)
+        task.print_dry_run_counts()
         return report
 
     preflight(stack, "gcloud")
     doc, done = (None, False) if refresh else quick_check(stack)
     if done:
-        console.print(
+        stack.console.print(
             f"[green]✔[/] Stack '{stack.names.stack}' is up; nothing to do. "
             "Next: [bold]inv services.up[/]"
         )
         return None
-    if stack.interactive() and not stack.assume_yes:
+    if task.asks():
         report = plan(stack)
         changes = any(s.outcome is Outcome.PLANNED for s in report.states.values())
-        if changes and not _confirm(stack, "Create these resources?"):
+        if changes and not task.confirm("Create these resources?"):
             raise StackError("nothing was changed (not confirmed)")
-    return _apply(stack, doc, force_unlock=force_unlock, refresh=refresh)
+    return _apply(task, doc, refresh=refresh)
 
 
-def _confirm(stack: Stack, question: str) -> bool:
-    from rich.prompt import Confirm
-
-    return bool(Confirm.ask(question, console=stack.console, default=False))
-
-
-def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool, refresh: bool) -> Report:
-    state, console = stack.state, stack.console
+def _apply(task: TaskRun, doc: Doc | None, *, refresh: bool) -> Report:
+    stack = task.stack
     run = InfraRun(stack, dict(doc or {}), describe_first=refresh)
-    held = threading.Event()
 
     def take_lock() -> None:
         if doc is None:
-            state.ensure_bucket()
-        lock_stack(stack, "infra.up", force=force_unlock)
-        assert state.last is not None
-        run.adopt(state.last.data)
-        held.set()
+            stack.state.ensure_bucket()
+        task.lock()
+        assert stack.state.last is not None
+        run.adopt(stack.state.last.data)
 
-    report: Report | None = None
-    try:
-        if stack.dry_run:  # in order, so the printed commands read top to bottom
-            take_lock()
-        report = run_steps(
+    with task.recording(lambda d, report: _record(stack, run, d, report)):
+        task.report = run_steps(
             build_steps(stack, run),
-            console=console,
+            console=stack.console,
             title=f"infra.up: stack '{stack.names.stack}'",
-            gate=None if stack.dry_run else take_lock,
+            gate=task.gate(take_lock),
             dry_run=stack.dry_run,
         )
-    finally:
-        if held.is_set():
-            _save(stack, run, report)
+    report = task.report
     if stack.dry_run:
         report.raise_for_failure()
     else:
@@ -523,34 +502,28 @@ def _apply(stack: Stack, doc: Doc | None, *, force_unlock: bool, refresh: bool) 
     return report
 
 
-def _save(stack: Stack, run: InfraRun, report: Report | None) -> None:
-    """Record the outcome and release the lock in one write, also after a failure or Ctrl-C."""
+def _record(stack: Stack, run: InfraRun, doc: Doc, report: Report | None) -> None:
+    """What the state file keeps of this run (written with the lock's release)."""
     outcomes = report.outcomes() if report else {}
     generation = run.generation()
-
-    def record(doc: Doc) -> None:
-        infra = doc["infra"] = doc.get("infra") or {}
-        doc["db_generation"] = max(int(doc.get("db_generation", 0)), generation)
-        if outcomes.get("sql_user") in (Outcome.CREATED, Outcome.UPDATED, Outcome.KEPT):
-            infra["sql_user_ready"] = run.instance()
-        if run.project_number and run.project_number != iam.UNKNOWN_PROJECT_NUMBER:
-            infra["project_number"] = run.project_number
-        if run.resources:
-            infra["resources"] = {**(infra.get("resources") or {}), **run.resources}
-        if report is not None and report.ok:
-            infra["converged"] = fingerprint(stack, generation)
-            infra["converged_at"] = now()
-        else:
-            infra["converged"] = None
-        infra["last_run"] = {
-            "at": now(),
-            "ok": bool(report and report.ok),
-            "steps": {k: (v.value if v else None) for k, v in outcomes.items()},
-        }
-        if doc.get("lock") and doc["lock"].get("id") == stack.state.lock_id:
-            doc["lock"] = None
-
-    stack.state.update(record)
+    infra = doc["infra"] = doc.get("infra") or {}
+    doc["db_generation"] = max(int(doc.get("db_generation", 0)), generation)
+    if outcomes.get("sql_user") in (Outcome.CREATED, Outcome.UPDATED, Outcome.KEPT):
+        infra["sql_user_ready"] = run.instance()
+    if run.project_number and run.project_number != iam.UNKNOWN_PROJECT_NUMBER:
+        infra["project_number"] = run.project_number
+    if run.resources:
+        infra["resources"] = {**(infra.get("resources") or {}), **run.resources}
+    if report is not None and report.ok:
+        infra["converged"] = fingerprint(stack, generation)
+        infra["converged_at"] = now()
+    else:
+        infra["converged"] = None
+    infra["last_run"] = {
+        "at": now(),
+        "ok": bool(report and report.ok),
+        "steps": {k: (v.value if v else None) for k, v in outcomes.items()},
+    }
 
 
 def _summarise(stack: Stack, report: Report) -> None:

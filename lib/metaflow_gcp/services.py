@@ -40,13 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from metaflow_gcp import airflow_db, kube_names, nextsteps
-from metaflow_gcp.app import Stack, lock_stack, preflight
+from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
 from metaflow_gcp.kube_names import JOBSET_NS, Accounts
+from metaflow_gcp.lifecycle import TaskRun
 from metaflow_gcp.state import Doc, db_generation, now
 
 # Namespaces and names the charts and values files rely on (charts/README.md).
@@ -977,6 +978,7 @@ def _run_graph(stack: Stack, steps: list[Step]) -> Report:
 def up(stack: Stack, *, force_unlock: bool = False) -> Report:
     """Install what the settings ask for, remove what they switch off, print the next steps."""
     console = stack.console
+    task = TaskRun(stack, "services.up", force_unlock=force_unlock)
     preflight(stack, "gcloud", "kubectl", "helm")
     if not stack.dry_run:
         _check_context(stack)
@@ -984,20 +986,13 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
     pins = load_versions(root)
     context = stack.names.kube_context
     run = ServicesRun(stack, Helm(stack.runner, context), Kubectl(stack.runner, context), root)
-    if stack.dry_run:
-        console.print(
-            f"[bold]Dry run[/]: the commands services.up would run for stack "
-            f"'{stack.names.stack}' (nothing is called):"
-        )
+    task.announce_dry_run()
     removals = switched_off(stack, run.helm)
     if removals:
-        confirm_removal(stack, removals)
+        confirm_removal(task, removals)
 
-    held = False
-    report: Report | None = None
-    try:
-        lock_stack(stack, "services.up", force=force_unlock)
-        held = True
+    with task.recording(lambda doc, report: _record(stack, run, doc, report)):
+        task.lock()  # before the graph: what to install depends on the recorded state
         run.doc = dict(stack.state.last.data) if stack.state.last else {}
         if not stack.dry_run:
             _check_infra(stack, run.doc)
@@ -1006,10 +1001,8 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
         run.checksums = {
             r.name: chart_checksum(Path(r.chart)) for r in releases.values() if r.local
         }
-        report = _run_graph(stack, build_steps(stack, run, releases, removals))
-    finally:
-        if held:
-            _save(stack, run, report)
+        task.report = _run_graph(stack, build_steps(stack, run, releases, removals))
+    report = task.report
 
     profiles = nextsteps.metaflow_profiles(
         stack.names,
@@ -1019,9 +1012,7 @@ def up(stack: Stack, *, force_unlock: bool = False) -> Report:
     )
     if stack.dry_run:
         report.raise_for_failure()
-        mutating = sum(1 for r in stack.runner.history if r.mutating)
-        reads = len(stack.runner.history) - mutating
-        console.print(f"{mutating} changing commands and {reads} reads would run.")
+        task.print_dry_run_counts()
         written = nextsteps.write_profiles(profiles, stack=stack.names.stack, dry_run=True)
         nextsteps.print_next_steps(stack, written)
         return report
@@ -1055,9 +1046,9 @@ def switched_off(stack: Stack, helm: Helm) -> list[Installed]:
     ]
 
 
-def confirm_removal(stack: Stack, removals: list[Installed]) -> None:
+def confirm_removal(task: TaskRun, removals: list[Installed]) -> None:
     """Show what goes away and ask; --yes skips the question, no terminal refuses."""
-    console = stack.console
+    stack, console = task.stack, task.stack.console
     console.print(
         "[yellow]![/] Switched off in the settings but installed; services.up uninstalls:"
     )
@@ -1078,19 +1069,12 @@ def confirm_removal(stack: Stack, removals: list[Installed]) -> None:
         )
         if any(item.name == name for item in removals for name, _ in names)
     )
-    if not stack.interactive():
-        raise StackError(
-            f"services.up would uninstall {', '.join(i.name for i in removals)}; nothing was "
-            f"changed. Fix: pass --yes to confirm, or {keep} to keep them"
-        )
-    if not _confirm(stack, "Uninstall them?"):
+    task.require_consent(
+        f"would uninstall {', '.join(i.name for i in removals)}; nothing was changed",
+        fix=f"pass --yes to confirm, or {keep} to keep them",
+    )
+    if not task.confirm("Uninstall them?"):
         raise StackError("nothing was changed (not confirmed)")
-
-
-def _confirm(stack: Stack, question: str) -> bool:
-    from rich.prompt import Confirm
-
-    return bool(Confirm.ask(question, console=stack.console, default=False))
 
 
 def _check_context(stack: Stack) -> None:
@@ -1126,41 +1110,34 @@ def _check_infra(stack: Stack, doc: Doc) -> None:
         )
 
 
-def _save(stack: Stack, run: ServicesRun, report: Report | None) -> None:
-    """Record what is installed and release the lock in one write, also after a failure."""
-
-    def record(doc: Doc) -> None:
-        if report is not None:
-            previous = doc.get("services")
-            previous = previous if isinstance(previous, dict) else {}
-            charts = dict(previous.get("charts") or {})
-            for name, state in _release_states(report):
-                if name not in run.checksums:
-                    continue
-                if state.status is Status.DONE and state.outcome is not Outcome.DELETED:
-                    charts[name] = run.checksums[name]
-                elif state.status is Status.FAILED or state.outcome in (
-                    Outcome.DELETED,
-                    Outcome.GONE,
-                ):
-                    charts.pop(name, None)  # half-upgraded or gone: compare afresh next time
-            doc["services"] = {
-                "argo": stack.settings.deploy_argo,
-                "airflow": stack.settings.deploy_airflow,
-                "jobset": stack.settings.deploy_jobset,
-                "ok": report.ok,
-                "at": now(),
-                "steps": {
-                    name: (state.outcome.value if state.outcome else state.status.value)
-                    for name, state in report.states.items()
-                },
-                "charts": charts,
-            }
-        lock = doc.get("lock")
-        if isinstance(lock, dict) and lock.get("id") == stack.state.lock_id:
-            doc["lock"] = None
-
-    stack.state.update(record)
+def _record(stack: Stack, run: ServicesRun, doc: Doc, report: Report | None) -> None:
+    """What is installed, so the next run compares charts afresh only where it must."""
+    if report is not None:
+        previous = doc.get("services")
+        previous = previous if isinstance(previous, dict) else {}
+        charts = dict(previous.get("charts") or {})
+        for name, state in _release_states(report):
+            if name not in run.checksums:
+                continue
+            if state.status is Status.DONE and state.outcome is not Outcome.DELETED:
+                charts[name] = run.checksums[name]
+            elif state.status is Status.FAILED or state.outcome in (
+                Outcome.DELETED,
+                Outcome.GONE,
+            ):
+                charts.pop(name, None)  # half-upgraded or gone: compare afresh next time
+        doc["services"] = {
+            "argo": stack.settings.deploy_argo,
+            "airflow": stack.settings.deploy_airflow,
+            "jobset": stack.settings.deploy_jobset,
+            "ok": report.ok,
+            "at": now(),
+            "steps": {
+                name: (state.outcome.value if state.outcome else state.status.value)
+                for name, state in report.states.items()
+            },
+            "charts": charts,
+        }
 
 
 def _release_states(report: Report) -> Iterator[tuple[str, Any]]:

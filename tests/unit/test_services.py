@@ -28,6 +28,7 @@ from rich.console import Console
 from metaflow_gcp import services
 from metaflow_gcp.app import Stack, open_stack
 from metaflow_gcp.errors import LockHeld, StackError
+from metaflow_gcp.lifecycle import TaskRun
 from metaflow_gcp.state import Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -985,7 +986,7 @@ def test_declining_the_removal_changes_nothing(
 ) -> None:
     up(argo=True)
     cluster.mutations.clear()
-    monkeypatch.setattr(services, "_confirm", lambda stack, question: False)
+    monkeypatch.setattr(TaskRun, "confirm", lambda self, question: False)
 
     with pytest.raises(StackError, match="not confirmed"):
         up(argo=False, interactive=lambda: True)

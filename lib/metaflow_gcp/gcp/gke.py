@@ -20,6 +20,7 @@ from typing import Any
 
 from metaflow_gcp.config import Names, Settings
 from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
+from metaflow_gcp.gcp import nodepools
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.gcp.operations import OperationFailed, follow
 from metaflow_gcp.graph import Outcome, StepRun
@@ -332,6 +333,28 @@ def delete_cluster(gcloud: Gcloud, n: Names, run: StepRun, found: dict[str, Any]
         return left is None, "DELETING" if left else "GONE"
 
     follow(run, f"deleting {n.cluster}", gone, timeout=DELETE_TIMEOUT)
+
+
+def remove(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """teardown's step: the cluster with its node pools, then our kubeconfig entries."""
+    found = describe(gcloud, n)
+    if found is None and not gcloud.dry_run:
+        forget_credentials(gcloud, n)
+        return Outcome.GONE
+    run.before_removal(f"delete GKE cluster {n.cluster}{nodepools.teardown_note(found)}")
+    delete_cluster(gcloud, n, run, found or {})
+    forget_credentials(gcloud, n)
+    return Outcome.DELETED
+
+
+def forget_credentials(gcloud: Gcloud, n: Names) -> None:
+    """gcloud leaves its kubeconfig entries behind after an --async delete: remove them,
+    so nothing reaches a later cluster of the same name through the old endpoint."""
+    runner, context = gcloud.runner, n.kube_context
+    if not runner.dry_run and (not has_context(context, runner.env) or not runner.has("kubectl")):
+        return
+    for entry in ("context", "cluster", "user"):  # all three are named like the context
+        runner.run(["kubectl", "config", f"delete-{entry}", context], mutating=True, check=False)
 
 
 def ensure_hardened(

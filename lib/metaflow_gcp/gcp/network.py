@@ -6,13 +6,45 @@ from __future__ import annotations
 from typing import Any
 
 from metaflow_gcp.config import Names, Settings
-from metaflow_gcp.errors import CommandError
+from metaflow_gcp.errors import CommandError, InUse, NotFound
 from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
+from metaflow_gcp.gcp.operations import follow
 from metaflow_gcp.graph import Outcome, StepRun
 
 SERVICE = "servicenetworking.googleapis.com"
 PEERING = "servicenetworking-googleapis-com"  # the VPC peering that connection makes
 PSA_PREFIX_LENGTH = 16
+IN_USE_WAIT = 15 * 60.0  # deletes wait this long for the producers (SQL, GKE) to let go
+
+
+def describe_network(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
+    return gcloud.describe(*_NETWORK, "describe", *_network_where(n))
+
+
+def describe_subnet(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
+    return gcloud.describe(*_SUBNET, "describe", *_subnet_where(n))
+
+
+def describe_psa_range(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
+    return gcloud.describe(*_RANGE, "describe", *_range_where(n))
+
+
+# Each resource's gcloud group, and the name and scope that pick ours out of it.
+_NETWORK = ("compute", "networks")
+_SUBNET = ("compute", "networks", "subnets")
+_RANGE = ("compute", "addresses")
+
+
+def _network_where(n: Names) -> tuple[str, ...]:
+    return (n.network,)
+
+
+def _subnet_where(n: Names) -> tuple[str, ...]:
+    return (n.subnet, f"--region={n.region}")
+
+
+def _range_where(n: Names) -> tuple[str, ...]:
+    return (n.psa_range, "--global")
 
 
 def ensure_network(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
@@ -22,7 +54,7 @@ def ensure_network(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False
         lambda: gcloud.mutate(
             "compute", "networks", "create", n.network, "--subnet-mode=custom", timeout=900
         ),
-        lambda: gcloud.describe("compute", "networks", "describe", n.network),
+        lambda: describe_network(gcloud, n),
         cold=cold,
     )
 
@@ -31,9 +63,7 @@ def ensure_subnet(
     gcloud: Gcloud, s: Settings, n: Names, run: StepRun, *, cold: bool = False
 ) -> Outcome:
     def describe() -> object | None:
-        found = gcloud.describe(
-            "compute", "networks", "subnets", "describe", n.subnet, f"--region={n.region}"
-        )
+        found = describe_subnet(gcloud, n)
         if found is not None and found.get("ipCidrRange") != s.subnet_range:
             run.note(f"range is {found.get('ipCidrRange')}, settings say {s.subnet_range}")
         return found
@@ -73,7 +103,7 @@ def ensure_psa_range(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = Fal
             f"--network={n.network}",
             timeout=900,
         ),
-        lambda: gcloud.describe("compute", "addresses", "describe", n.psa_range, "--global"),
+        lambda: describe_psa_range(gcloud, n),
         cold=cold,
     )
 
@@ -146,7 +176,16 @@ def nat_create_args(n: Names) -> list[str]:
 
 
 def describe_router(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
-    return gcloud.describe("compute", "routers", "describe", n.router, f"--region={n.region}")
+    return gcloud.describe(*_router_args(n))
+
+
+def prime_router(gcloud: Gcloud, n: Names, found: dict[str, Any] | None) -> None:
+    """The next describe of the router answers with `found` (read a moment ago)."""
+    gcloud.prime(found, *_router_args(n))
+
+
+def _router_args(n: Names) -> tuple[str, ...]:
+    return ("compute", "routers", "describe", n.router, f"--region={n.region}")
 
 
 def ensure_router(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Outcome:
@@ -179,15 +218,90 @@ def ensure_nat(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) ->
     )
 
 
-def delete_router(gcloud: Gcloud, n: Names) -> None:
-    """Deleting the router deletes its NAT with it."""
-    gcloud.mutate(
-        "compute",
-        "routers",
-        "delete",
-        n.router,
-        f"--region={n.region}",
-        "--quiet",
-        fmt=None,
-        timeout=900,
-    )
+# -- teardown's steps ------------------------------------------------------------------------
+#
+# A real teardown deletes straight away and takes "not found" as already gone, which saves
+# a describe on every link of the chain; only a preview (run.planning) looks first.
+
+
+def remove_peering(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """Private services access, removed from the network's side of the peering (as the
+    Cloud Console does). Service Networking's own delete is refused for days after a
+    Cloud SQL instance is deleted, and the network goes next anyway: removing its side
+    frees the range and the network at once."""
+    if run.planning and not peerings(gcloud, n):
+        return Outcome.GONE
+    run.before_removal(f"delete private services access on {n.network}")
+    run.note("removing the network's peering with Service Networking")
+    try:
+        gcloud.mutate(
+            "compute",
+            "networks",
+            "peerings",
+            "delete",
+            PEERING,
+            f"--network={n.network}",
+            "--quiet",
+            fmt=None,
+            timeout=900,
+        )
+    except NotFound:
+        return Outcome.GONE
+    return Outcome.DELETED
+
+
+def remove_psa_range(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    return _remove(gcloud, run, _RANGE, _range_where(n))
+
+
+def remove_subnet(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    return _remove(gcloud, run, _SUBNET, _subnet_where(n))
+
+
+def remove_network(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    return _remove(gcloud, run, _NETWORK, _network_where(n))
+
+
+def remove_router(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """The Cloud Router; its Cloud NAT goes with it."""
+    if run.planning and not (gcloud.dry_run or describe_router(gcloud, n)):
+        return Outcome.GONE
+    run.before_removal(f"delete Cloud Router {n.router} and its NAT {n.nat}")
+    try:
+        gcloud.mutate(
+            "compute",
+            "routers",
+            "delete",
+            n.router,
+            f"--region={n.region}",
+            "--quiet",
+            fmt=None,
+            timeout=900,
+        )
+    except NotFound:
+        return Outcome.GONE
+    return Outcome.DELETED
+
+
+def _remove(gcloud: Gcloud, run: StepRun, kind: tuple[str, ...], where: tuple[str, ...]) -> Outcome:
+    """Delete, retrying while a producer still lets go of it (a 400, or an operation that
+    failed for it) for up to IN_USE_WAIT."""
+    if run.planning and not (gcloud.dry_run or gcloud.describe(*kind, "describe", *where)):
+        return Outcome.GONE
+    name, scope = where[0], where[1:]
+    run.before_removal(f"delete {' '.join(kind[1:])} {name}")
+    gone = False
+
+    def attempt() -> tuple[bool, str]:
+        nonlocal gone
+        try:
+            gcloud.mutate(*kind, "delete", name, *scope, "--quiet", fmt=None, timeout=900)
+        except NotFound:
+            gone = True
+            return True, "GONE"
+        except InUse:
+            return False, "STILL IN USE"
+        return True, "DELETED"
+
+    follow(run, f"deleting {name}", attempt, timeout=IN_USE_WAIT)
+    return Outcome.GONE if gone else Outcome.DELETED

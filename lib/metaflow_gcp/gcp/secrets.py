@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets as random_source
 from collections.abc import Callable
+from typing import Any
 
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import NotFound
@@ -11,6 +13,10 @@ from metaflow_gcp.gcp.gcloud import Gcloud, create_or_keep
 from metaflow_gcp.graph import Outcome, StepRun
 
 PASSWORD_BYTES = 24
+
+
+def describe(gcloud: Gcloud, name: str) -> dict[str, Any] | None:
+    return gcloud.describe("secrets", "describe", name)
 
 
 def new_password() -> str:
@@ -45,7 +51,7 @@ def ensure(
         run,
         f"create secret {n.db_secret}",
         create,
-        lambda: gcloud.describe("secrets", "describe", n.db_secret),
+        lambda: describe(gcloud, n.db_secret),
         cold=cold,
     )
     if outcome is Outcome.CREATED and remember is not None:
@@ -68,3 +74,16 @@ def read_password(gcloud: Gcloud, n: Names) -> str:
         gcloud.runner.add_secret(password)
         gcloud.mutate("secrets", "versions", "add", n.db_secret, "--data-file=-", stdin=password)
         return password
+
+
+def remove_database_passwords(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """teardown --delete-data only: a restore of the final backup needs both passwords."""
+    names = [n.db_secret, n.airflow_db_secret]
+    found = [name for name in names if gcloud.dry_run or describe(gcloud, name) is not None]
+    if not found:
+        return Outcome.GONE
+    run.before_removal(f"delete secrets {', '.join(found)}")
+    for name in found:
+        with contextlib.suppress(NotFound):
+            gcloud.mutate("secrets", "delete", name, "--quiet", fmt=None)
+    return Outcome.DELETED

@@ -212,6 +212,42 @@ def delete_instance(
     return True
 
 
+def remove_stack_instances(
+    gcloud: Gcloud, n: Names, run: StepRun, *, expected: str, keep_backup: bool
+) -> Outcome:
+    """teardown's step: every instance of the stack, whatever its generation.
+
+    The user confirmed the teardown, so deletion protection may be lifted. Without
+    --delete-data Cloud SQL takes a final backup as it deletes (the run history is data).
+    expected: the instance a dry run shows, as nothing is listed there.
+    """
+    instances = stack_instances(gcloud, n, dry=[{"name": expected}])
+    names = [str(i["name"]) for i in instances]
+    if not names:
+        return Outcome.GONE
+    listed = ", ".join(names)
+    run.before_removal(
+        f"delete Cloud SQL instance {listed}, keeping a final backup for {FINAL_BACKUP_DAYS} days"
+        if keep_backup
+        else f"delete Cloud SQL instance {listed} and its backups"
+    )
+    flags = final_backup_flags(n) if keep_backup else []
+    for found in instances:
+        protected = gcloud.dry_run or bool(
+            (found.get("settings") or {}).get("deletionProtectionEnabled")
+        )
+        delete_instance(gcloud, run, str(found["name"]), protected=protected, flags=flags)
+    return Outcome.DELETED
+
+
+def final_backup_flags(n: Names) -> list[str]:
+    return [
+        "--enable-final-backup",
+        f"--final-backup-retention-days={FINAL_BACKUP_DAYS}",
+        f"--final-backup-description=metaflow-gcp teardown of stack {n.stack}",
+    ]
+
+
 def lift_deletion_protection(gcloud: Gcloud, run: StepRun, name: str) -> None:
     """Only after the user's word (teardown's confirmation, or a tainted replace)."""
     result = _retry_busy(

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from metaflow_gcp.config import Names
-from metaflow_gcp.errors import AlreadyExists
+from metaflow_gcp.errors import AlreadyExists, NotFound
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.graph import Outcome, StepRun
 
 
 def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
-    return gcloud.describe("storage", "buckets", "describe", f"gs://{n.data_bucket}")
+    return gcloud.describe(*_describe_args(n))
+
+
+def prime_describe(gcloud: Gcloud, n: Names, found: dict[str, Any] | None) -> None:
+    """The next describe of the bucket answers with `found` (read a moment ago)."""
+    gcloud.prime(found, *_describe_args(n))
+
+
+def _describe_args(n: Names) -> tuple[str, ...]:
+    return ("storage", "buckets", "describe", f"gs://{n.data_bucket}")
 
 
 def drift(found: dict[str, Any]) -> list[str]:
@@ -55,3 +65,18 @@ def ensure(gcloud: Gcloud, n: Names, run: StepRun, *, cold: bool = False) -> Out
             return ensure(gcloud, n, run)
         raise
     return Outcome.CREATED
+
+
+def remove(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
+    """teardown --delete-data only: every object (each version too), then the bucket."""
+    if not gcloud.dry_run and describe(gcloud, n) is None:
+        return Outcome.GONE
+    url = f"gs://{n.data_bucket}"
+    run.before_removal(f"EMPTY AND DELETE {url} (--delete-data)")
+    run.note(f"deleting every object in {url}")
+    with contextlib.suppress(NotFound):  # NotFound: already empty
+        gcloud.mutate(
+            "storage", "rm", "--recursive", "--all-versions", f"{url}/**", fmt=None, timeout=3600
+        )
+    gcloud.mutate("storage", "buckets", "delete", url, fmt=None)
+    return Outcome.DELETED
