@@ -116,19 +116,15 @@ def collect_status(stack: Stack) -> dict[str, Any]:
     found = _read_all(
         {
             "state": stack.state.peek,
-            "network": lambda: g.describe("compute", "networks", "describe", n.network),
-            "subnet": lambda: g.describe(
-                "compute", "networks", "subnets", "describe", n.subnet, f"--region={n.region}"
-            ),
-            "psa_range": lambda: g.describe(
-                "compute", "addresses", "describe", n.psa_range, "--global"
-            ),
+            "network": lambda: network.describe_network(g, n),
+            "subnet": lambda: network.describe_subnet(g, n),
+            "psa_range": lambda: network.describe_psa_range(g, n),
             "peering": lambda: network.peerings(g, n),
             "bucket": lambda: storage.describe(g, n),
             "accounts": lambda: iam.existing_accounts(g),
             "sql": lambda: sql.stack_instances(g, n),
             "gke": lambda: gke.describe(g, n),
-            "secret": lambda: g.describe("secrets", "describe", n.db_secret),
+            "secret": lambda: secrets.describe(g, n.db_secret),
         }
     )
     state = found["state"]

@@ -352,14 +352,11 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
     """
     g, s, n = stack.gcloud, stack.settings, stack.names
 
-    def policy() -> dict[str, Any]:
-        return dict(g.read("projects", "get-iam-policy", n.project, dry={}) or {})
-
     with ThreadPoolExecutor(6) as pool:
         doc_f = pool.submit(stack.state.peek)
         sql_f = pool.submit(sql.stack_instances, g, n)
         gke_f = pool.submit(gke.describe, g, n)
-        iam_f = pool.submit(policy)
+        iam_f = pool.submit(iam.project_policy, g, n)
         bucket_f = pool.submit(storage.describe, g, n)
         router_f = pool.submit(network.describe_router, g, n)
         try:
@@ -382,11 +379,11 @@ def quick_check(stack: Stack) -> tuple[Doc | None, bool]:
         # Work remains on a stack built before: its steps describe first, and the first
         # describe of each of these reuses the answer read a moment ago. (A cold stack
         # creates first and never describes before it changes, so nothing is primed.)
-        g.prime(instance, "sql", "instances", "describe", n.sql_instance(generation))
-        g.prime(cluster, "container", "clusters", "describe", n.cluster, f"--location={n.zone}")
-        g.prime(project_policy, "projects", "get-iam-policy", n.project)
-        g.prime(bucket, "storage", "buckets", "describe", f"gs://{n.data_bucket}")
-        g.prime(router, "compute", "routers", "describe", n.router, f"--region={n.region}")
+        sql.prime_describe(g, n.sql_instance(generation), instance)
+        gke.prime_describe(g, n, cluster)
+        iam.prime_project_policy(g, n, project_policy)
+        storage.prime_describe(g, n, bucket)
+        network.prime_router(g, n, router)
     if doc is None:
         return None, False
     number = infra.get("project_number")

@@ -189,15 +189,16 @@ def _pool_gaps(pool: dict[str, Any], n: Names, recreate: str) -> list[Gap]:
 
 
 def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
-    return gcloud.describe(*_DESCRIBE, n.cluster, f"--location={n.zone}")
+    return gcloud.describe(*_describe_args(n))
 
 
 def prime_describe(gcloud: Gcloud, n: Names, found: dict[str, Any] | None) -> None:
     """The next describe of the cluster answers with `found` (read a moment ago)."""
-    gcloud.prime(found, *_DESCRIBE, n.cluster, f"--location={n.zone}")
+    gcloud.prime(found, *_describe_args(n))
 
 
-_DESCRIBE = ("container", "clusters", "describe")
+def _describe_args(n: Names) -> tuple[str, ...]:
+    return ("container", "clusters", "describe", n.cluster, f"--location={n.zone}")
 
 
 def drift(found: dict[str, Any], s: Settings, n: Names) -> list[str]:

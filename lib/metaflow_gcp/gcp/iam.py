@@ -340,7 +340,7 @@ def ensure_project_bindings(
 ) -> Outcome:
     return edit_policy(
         gcloud,
-        ["projects", "get-iam-policy", n.project],
+        _project_policy_args(n),
         ["projects", n.project],
         project_bindings(n, project_number),
         run,
@@ -394,7 +394,7 @@ def remove_project_members(gcloud: Gcloud, n: Names, emails: list[str], run: Ste
     """Every project binding of these accounts, conditional or not; True if any went."""
     return remove_members(
         gcloud,
-        ["projects", "get-iam-policy", n.project],
+        _project_policy_args(n),
         ["projects", n.project],
         {f"serviceAccount:{e}" for e in emails},
         run,

@@ -73,6 +73,11 @@ def describe(gcloud: Gcloud, name: str) -> dict[str, Any] | None:
     return gcloud.describe("sql", "instances", "describe", name)
 
 
+def prime_describe(gcloud: Gcloud, name: str, found: dict[str, Any] | None) -> None:
+    """The next describe of `name` answers with `found` (read a moment ago)."""
+    gcloud.prime(found, "sql", "instances", "describe", name)
+
+
 def basics(found: dict[str, Any], s: Settings, n: Names) -> list[str]:
     """What an existing instance has that our settings say it should not (not patched)."""
     problems = []
