@@ -13,14 +13,14 @@ import ast
 import contextlib
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from metaflow_gcp import kube_names
 from metaflow_gcp.errors import CommandError, StackError
-from metaflow_gcp.kube import Kubectl
+from metaflow_gcp.kube import Kubectl, pod_readiness
 from metaflow_gcp.shell import Result
 
 NAMESPACE = kube_names.AIRFLOW_NS
@@ -237,7 +237,7 @@ def _find_scheduler(kubectl: Kubectl, namespace: str, container: str) -> dict[st
     found = kubectl.read(
         "get", "pods", "-l", SCHEDULER_SELECTOR, namespace=namespace, dry={"items": []}
     )
-    if kubectl.runner.dry_run:
+    if kubectl.dry_run:
         return {"metadata": {"name": DRY_RUN_POD}}
     pods = [p for p in (found or {}).get("items", []) if isinstance(p, dict)]
     if not pods:
@@ -250,9 +250,9 @@ def _find_scheduler(kubectl: Kubectl, namespace: str, container: str) -> dict[st
             f"Airflow is not deployed: no scheduler pod ({SCHEDULER_SELECTOR}) in namespace "
             f"'{namespace}'. Fix: {UP_HINT}"
         )
-    ready = [p for p in pods if _pod_readiness(p)[0]]
+    ready = [p for p in pods if pod_readiness(p)[0]]
     if not ready:
-        states = "; ".join(f"{_pod_name(p)} is {_pod_readiness(p)[1]}" for p in _newest_first(pods))
+        states = "; ".join(f"{_pod_name(p)} is {pod_readiness(p)[1]}" for p in _newest_first(pods))
         raise StackError(
             f"no Airflow scheduler pod is ready in namespace '{namespace}': {states}. "
             f"Fix: wait and retry (watch with `kubectl --context={kubectl.context} "
@@ -280,44 +280,6 @@ def _newest_first(pods: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         key=lambda p: str(p.get("metadata", {}).get("creationTimestamp", "")),
         reverse=True,
     )
-
-
-def _pod_readiness(pod: dict[str, Any]) -> tuple[bool, str]:
-    """(usable, how it is) - the description is what a person needs to see when it is not."""
-    status = pod.get("status") or {}
-    phase = str(status.get("phase") or "Unknown")
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return False, "Terminating"
-    details = [f"init container {text}" for text in _not_ready(status.get("initContainerStatuses"))]
-    statuses = status.get("containerStatuses") or []
-    details += [f"container {text}" for text in _not_ready(statuses)]
-    expected = len(pod.get("spec", {}).get("containers", []))
-    if phase == "Running" and not details and statuses and len(statuses) >= expected:
-        return True, "Running and Ready"
-    if phase == "Running" and not details:
-        details.append("containers not reported ready yet")
-    return False, f"{phase} ({', '.join(details)})" if details else phase
-
-
-def _not_ready(statuses: Any) -> Iterator[str]:
-    for item in statuses or []:
-        if item.get("ready"):
-            continue
-        state = item.get("state") or {}
-        name = item.get("name", "?")
-        if "waiting" in state:
-            reason = (state["waiting"] or {}).get("reason") or "waiting"
-            yield f"{name} {reason}"
-        elif "terminated" in state:
-            terminated = state["terminated"] or {}
-            if terminated.get("reason") == "Completed" and terminated.get("exitCode") == 0:
-                continue  # a finished init container is fine
-            reason = terminated.get("reason") or f"exit code {terminated.get('exitCode')}"
-            yield f"{name} terminated: {reason}"
-        elif "running" in state:
-            yield f"{name} running but not ready"
-        else:
-            yield f"{name} not ready"
 
 
 def _check_dags_volume(pod: dict[str, Any], container: str, dags_dir: str) -> None:
@@ -381,7 +343,7 @@ def upload_dags(
     """
     plan = _plan(paths, dest_name, dags_dir)
     pod_doc = _find_scheduler(kubectl, namespace, container)
-    if not kubectl.runner.dry_run:
+    if not kubectl.dry_run:
         _check_dags_volume(pod_doc, container, dags_dir)
     target = _Target(kubectl, _pod_name(pod_doc), namespace, container, dags_dir.rstrip("/"))
     done: list[Uploaded] = []
@@ -441,20 +403,22 @@ class _Target:
     def _exec(
         self, *command: str, mutating: bool, dry_stdout: str = "", check: bool = True
     ) -> Result:
-        argv = self.kubectl.argv(
-            "exec", self.pod, "-c", self.container, "--", *command, namespace=self.namespace
+        return self.kubectl.exec(
+            self.pod,
+            *command,
+            container=self.container,
+            namespace=self.namespace,
+            mutating=mutating,
+            dry_stdout=dry_stdout,
+            check=check,
         )
-        return self.kubectl.runner.run(argv, mutating=mutating, dry_stdout=dry_stdout, check=check)
 
     def upload(self, path: Path, name: str, digest: str) -> Uploaded:
         final = f"{self.dags_dir}/{name}"
         staging = f"{self.dags_dir}/.{name}.uploading"
         try:
-            self.kubectl.runner.run(
-                self.kubectl.argv(
-                    "cp", str(path), f"{self.namespace}/{self.pod}:{staging}", "-c", self.container
-                ),
-                mutating=True,
+            self.kubectl.copy_to(
+                str(path), self.pod, staging, container=self.container, namespace=self.namespace
             )
         except CommandError as error:
             # No clean-up call: the cluster may be unreachable, and a partial staging file is

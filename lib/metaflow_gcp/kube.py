@@ -6,7 +6,8 @@ context happens to be current in the user's kubeconfig.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from metaflow_gcp.errors import NotFound
@@ -58,6 +59,44 @@ class Kubectl:
             check=check,
             dry_stdout=dry_stdout,
         )
+
+    @property
+    def dry_run(self) -> bool:
+        return self.runner.dry_run
+
+    def exec(
+        self,
+        pod: str,
+        *command: str,
+        container: str,
+        namespace: str,
+        mutating: bool,
+        dry_stdout: str = "",
+        check: bool = True,
+    ) -> Result:
+        """`kubectl exec POD -c CONTAINER -- COMMAND`: one command in a running container."""
+        return self.run(
+            "exec",
+            pod,
+            "-c",
+            container,
+            "--",
+            *command,
+            namespace=namespace,
+            mutating=mutating,
+            dry_stdout=dry_stdout,
+            check=check,
+        )
+
+    def copy_to(
+        self, local: str, pod: str, remote: str, *, container: str, namespace: str
+    ) -> Result:
+        """`kubectl cp` of one local file into a container (tar through exec: needs tar there)."""
+        return self.run("cp", local, f"{namespace}/{pod}:{remote}", "-c", container)
+
+    def spawn(self, *args: str, namespace: str | None = None) -> subprocess.Popen[str] | None:
+        """A long-running kubectl (port-forward) that the caller supervises; None in a dry run."""
+        return self.runner.spawn(self.argv(*args, namespace=namespace))
 
     def apply_stdin(self, manifest: str, *, namespace: str | None = None) -> Result:
         """Server-side apply of a manifest given on stdin, as this tool's field manager.
@@ -139,3 +178,45 @@ class Helm:
         )
         found = result.json()
         return found if isinstance(found, dict) else {}
+
+
+# -- pods ----------------------------------------------------------------------------------
+
+
+def pod_readiness(pod: dict[str, Any]) -> tuple[bool, str]:
+    """(usable, how it is) - the description is what a person needs to see when it is not."""
+    status = pod.get("status") or {}
+    phase = str(status.get("phase") or "Unknown")
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False, "Terminating"
+    details = [f"init container {text}" for text in not_ready(status.get("initContainerStatuses"))]
+    statuses = status.get("containerStatuses") or []
+    details += [f"container {text}" for text in not_ready(statuses)]
+    expected = len(pod.get("spec", {}).get("containers", []))
+    if phase == "Running" and not details and statuses and len(statuses) >= expected:
+        return True, "Running and Ready"
+    if phase == "Running" and not details:
+        details.append("containers not reported ready yet")
+    return False, f"{phase} ({', '.join(details)})" if details else phase
+
+
+def not_ready(statuses: Any) -> Iterator[str]:
+    """What each container that is not ready waits for, in words (a finished init is ready)."""
+    for item in statuses or []:
+        if item.get("ready"):
+            continue
+        state = item.get("state") or {}
+        name = item.get("name", "?")
+        if "waiting" in state:
+            reason = (state["waiting"] or {}).get("reason") or "waiting"
+            yield f"{name} {reason}"
+        elif "terminated" in state:
+            terminated = state["terminated"] or {}
+            if terminated.get("reason") == "Completed" and terminated.get("exitCode") == 0:
+                continue  # a finished init container is fine
+            reason = terminated.get("reason") or f"exit code {terminated.get('exitCode')}"
+            yield f"{name} terminated: {reason}"
+        elif "running" in state:
+            yield f"{name} running but not ready"
+        else:
+            yield f"{name} not ready"

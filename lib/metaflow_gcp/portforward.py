@@ -282,7 +282,7 @@ class Supervisor:
         self._stopping = stop_event  # set by a signal handler: no restarts mid-pass
         self.start()
         try:
-            if self.kubectl.runner.dry_run:
+            if self.kubectl.dry_run:
                 self.show_urls()
                 return
             while not stop_event.is_set():
@@ -318,7 +318,7 @@ class Supervisor:
         """The table a person came for: what is where (plain http, all on localhost)."""
         from rich.table import Table  # lazy: keeps `inv --list` fast
 
-        dry = self.kubectl.runner.dry_run
+        dry = self.kubectl.dry_run
         table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
         for child in self.children:
             child.listed_ready = child.ready
@@ -343,15 +343,14 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         forward = child.forward
-        argv = self.kubectl.argv(
+        started = self.clock()
+        proc = self.kubectl.spawn(
             "port-forward",
             forward.target,
             forward.ports,
             f"--address={LISTEN}",
             namespace=forward.namespace,
         )
-        started = self.clock()
-        proc = self.kubectl.runner.spawn(argv)
         if proc is None:  # dry run: the runner has shown the command
             return
         run = _Run(proc, started)
@@ -439,7 +438,7 @@ def run_port_forward(
         raise StackError("nothing to forward")
     supervisor = supervisor or Supervisor(kubectl, forwards, console)
     stop_event = stop_event or threading.Event()
-    if kubectl.runner.dry_run:
+    if kubectl.dry_run:
         for problem in taken_ports(forwards):
             console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
         supervisor.run(stop_event)
