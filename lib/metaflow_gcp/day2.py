@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from metaflow_gcp import kube_names
 from metaflow_gcp.app import Stack, preflight
 from metaflow_gcp.config import Names
 from metaflow_gcp.errors import StackError
@@ -35,7 +36,7 @@ def upload_dag(
         return
     stack.console.print(
         "Airflow picks new DAG files up within its scan interval; the Airflow UI is on "
-        "http://localhost:9090 with `inv port-forward`."
+        f"{kube_names.local_url('airflow')} with `inv port-forward`."
     )
 
 

@@ -30,16 +30,27 @@ ARGO_EVENTS_NS = "argo-events"
 AIRFLOW_NS = "airflow"
 JOBSET_NS = "jobset-system"
 
-# Release name -> namespace holding its Helm record, in the order teardown removes them:
-# what depends on a controller goes before the controller, our services last.
-RELEASES: tuple[tuple[str, str], ...] = (
-    ("airflow", AIRFLOW_NS),
-    ("metaflow-airflow", AIRFLOW_NS),  # Airflow's DB proxy, KSAs, NetworkPolicies
+# (release, namespace holding its Helm record) per switch, in the order they are removed:
+# what depends on a controller goes before the controller.
+ARGO_RELEASES: tuple[tuple[str, str], ...] = (
     ("metaflow-argo-events", METAFLOW_NS),
     ("argo-events", ARGO_EVENTS_NS),
     ("argo-workflows", ARGO_NS),
+)
+# Airflow first: its pods use the proxy and the accounts of metaflow-airflow until they are gone.
+AIRFLOW_RELEASES: tuple[tuple[str, str], ...] = (
+    ("airflow", AIRFLOW_NS),
+    ("metaflow-airflow", AIRFLOW_NS),  # Airflow's DB proxy, KSAs, NetworkPolicies
+)
+JOBSET_RELEASES: tuple[tuple[str, str], ...] = (
     ("metaflow-jobset", JOBSET_NS),  # jobset-system's NetworkPolicies
     ("jobset", JOBSET_NS),
+)
+# Every release, in the order teardown removes them: our services last.
+RELEASES: tuple[tuple[str, str], ...] = (
+    *AIRFLOW_RELEASES,
+    *ARGO_RELEASES,
+    *JOBSET_RELEASES,
     ("metaflow", METAFLOW_NS),
 )
 # Every namespace the stack owns (teardown deletes them; services.up labels them).

@@ -73,15 +73,9 @@ WI_ANNOTATION = "iam.gke.io/gcp-service-account"
 VERSION_ANNOTATION = "metaflow-gcp/secret-version"
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "metaflow-gcp"}
 
-# (release, namespace) per switch, in the order they are removed.
-ARGO_RELEASES = (
-    ("metaflow-argo-events", METAFLOW_NS),
-    ("argo-events", ARGO_EVENTS_NS),
-    ("argo-workflows", ARGO_NS),
-)
-# Airflow first: its pods use the proxy and the accounts of metaflow-airflow until they are gone.
-AIRFLOW_RELEASES = (("airflow", AIRFLOW_NS), ("metaflow-airflow", AIRFLOW_NS))
-JOBSET_RELEASES = (("metaflow-jobset", JOBSET_NS), ("jobset", JOBSET_NS))
+ARGO_RELEASES = kube_names.ARGO_RELEASES
+AIRFLOW_RELEASES = kube_names.AIRFLOW_RELEASES
+JOBSET_RELEASES = kube_names.JOBSET_RELEASES
 # The NATS StatefulSet the Argo Events controller makes for the EventBus ("eventbus-<bus>-js").
 EVENT_BUS_STATEFULSET = f"eventbus-{kube_names.EVENT_BUS}-js"
 
