@@ -76,9 +76,23 @@ def machine(
 # Reading and scripting a conversation
 
 
-def calls_of(fp: FakeProcess, program: str) -> list[list[str]]:
+def commands(fp: FakeProcess, program: str) -> list[list[str]]:
     """Every call pytest-subprocess answered for `program`, in order, as lists of strings."""
     return [[str(a) for a in call] for call in fp.calls if str(call[0]) == program]
+
+
+def kubectl_call(*words: Any, context: str = CONTEXT, namespace: str | None = None) -> list[Any]:
+    """A kubectl argv on the stack's context, as every call of ours names it explicitly.
+
+    For fp.register and for comparing with what was run; `words` may end in fp.any().
+    """
+    scope = [f"--namespace={namespace}"] if namespace else []
+    return ["kubectl", f"--context={context}", *scope, *words]
+
+
+def helm_call(*words: Any, context: str = CONTEXT) -> list[Any]:
+    """A helm argv on the stack's context (helm calls it --kube-context)."""
+    return ["helm", f"--kube-context={context}", *words]
 
 
 def long_running(fp: FakeProcess, argv: list[Any]) -> None:
