@@ -49,7 +49,9 @@ def test_an_event_bus_made_without_disks_is_recreated_after_the_chart_asks_for_t
     assert "EventBus default on persistent disks" in run.output
 
 
-def test_an_event_bus_on_disks_and_a_new_stack_are_left_alone(cluster: FakeCluster, up: ServicesUp) -> None:
+def test_an_event_bus_on_disks_and_a_new_stack_are_left_alone(
+    cluster: FakeCluster, up: ServicesUp
+) -> None:
     up(argo=True)  # a new stack: the controller has made nothing yet
     cluster.stateful_sets[BUS] = nats(disks=True)
     up(argo=True)
