@@ -35,11 +35,16 @@ from tests.support.services_up import (  # noqa: F401 - fixtures, found by pytes
     state_fixture,
     tools_fixture,
 )
-from tests.support.stack import POOL, PROJECT_NUMBER, SETTINGS, FakeState
+from tests.support.stack import (
+    POOL,
+    PROJECT_NUMBER,
+    SERVICES_GSA,
+    SETTINGS,
+    STEPS_GSA,
+    FakeState,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES_SA = "mf-dev-services@acme-ml-prod.iam.gserviceaccount.com"
-STEPS_SA = "mf-dev-steps@acme-ml-prod.iam.gserviceaccount.com"
 AIRFLOW_SECRET = "mf-dev-airflow-db-password"
 CONCURRENT_POLICY_CHANGE = (
     "ERROR: (gcloud.iam.service-accounts.set-iam-policy) ABORTED: There were concurrent policy "
@@ -118,7 +123,7 @@ class AirflowCluster(FakeCluster):
                     self.policies[email] = {**policy, "etag": f"BwY{len(self.mutations)}"}
                     return 0, json.dumps(self.policies[email]), ""
         if words[:3] == ["iam", "service-accounts", "list"]:
-            listed = [{"email": e} for e in (SERVICES_SA, STEPS_SA)]
+            listed = [{"email": e} for e in (SERVICES_GSA, STEPS_GSA)]
             return 0, json.dumps(listed), ""
         return super().gcloud(argv)
 
@@ -275,8 +280,8 @@ def test_the_proxy_release_comes_before_airflow_with_this_stacks_instance_and_ac
     assert values == {
         "database": {"instanceConnectionName": "acme-ml-prod:us-west2:mf-dev-pg-2"},
         "serviceAccounts": {
-            "dbProxy": {"name": "mf-dev-airflow-db", "gcpServiceAccount": SERVICES_SA},
-            "steps": {"name": "mf-dev-steps", "gcpServiceAccount": STEPS_SA},
+            "dbProxy": {"name": "mf-dev-airflow-db", "gcpServiceAccount": SERVICES_GSA},
+            "steps": {"name": "mf-dev-steps", "gcpServiceAccount": STEPS_GSA},
         },
     }
     assert run.index("upgrade", "--install", "metaflow-airflow") < run.index(
@@ -291,10 +296,10 @@ def test_the_proxy_acts_as_the_services_account_and_step_pods_as_the_steps_accou
 ) -> None:
     up()
 
-    assert PROXY_KSA in cluster.members(SERVICES_SA)
-    assert STEPS_KSA in cluster.members(STEPS_SA)
-    assert PROXY_KSA not in cluster.members(STEPS_SA)
-    assert STEPS_KSA not in cluster.members(SERVICES_SA)
+    assert PROXY_KSA in cluster.members(SERVICES_GSA)
+    assert STEPS_KSA in cluster.members(STEPS_GSA)
+    assert PROXY_KSA not in cluster.members(STEPS_GSA)
+    assert STEPS_KSA not in cluster.members(SERVICES_GSA)
 
 
 @needs_wi_api
@@ -416,8 +421,8 @@ def test_switching_airflow_off_removes_airflow_then_its_proxy_then_the_identitie
     assert run.index("uninstall", "metaflow-airflow") < max(
         i for i, argv in enumerate(run.argvs()) if "set-iam-policy" in argv
     )
-    assert PROXY_KSA not in cluster.members(SERVICES_SA)
-    assert STEPS_KSA not in cluster.members(STEPS_SA)
+    assert PROXY_KSA not in cluster.members(SERVICES_GSA)
+    assert STEPS_KSA not in cluster.members(STEPS_GSA)
     # History stays: Cloud SQL database, user and password are not touched.
     assert cluster.databases["mf-dev-pg-2"] == {"airflow"}
     assert not any(
