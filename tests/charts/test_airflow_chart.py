@@ -34,6 +34,7 @@ from tests.charts.conftest import (
     render_chart,
     schema_problem,
 )
+from tests.support.network_policy import admits, selects
 
 CHART = CHARTS_DIR / "metaflow-airflow"
 SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
@@ -68,65 +69,6 @@ def rendered(stack_values: Values) -> Rendered:
 
 def proxy(rendered: Rendered) -> Manifest:
     return rendered.get("Deployment", airflow_db.PROXY_SERVICE)
-
-
-# --- NetworkPolicy semantics ------------------------------------------------------------
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A LabelSelector: every matchLabels pair and every matchExpression must hold."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
-        holds = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[op]
-        if not holds:
-            return False
-    return True
-
-
-def admits(
-    policies: list[Manifest],
-    source: dict[str, str],
-    target: dict[str, str],
-    port: int,
-    protocol: str = "TCP",
-) -> bool:
-    """Would a pod labelled `source` reach `target` on `port`, both in the policies' namespace?
-
-    A pod selected by no Ingress policy takes everything; otherwise some rule of a policy
-    selecting it must allow the source and the port (NetworkPolicies only add up).
-    """
-    applying = [
-        p
-        for p in policies
-        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
-        and selects(p["spec"]["podSelector"], target)
-    ]
-    if not applying:
-        return True
-    for policy in applying:
-        for rule in policy["spec"].get("ingress") or []:
-            peers = rule.get("from")
-            peer_ok = not peers or any(
-                "podSelector" in peer
-                and "namespaceSelector" not in peer
-                and selects(peer["podSelector"], source)
-                for peer in peers
-            )
-            ports = rule.get("ports")
-            port_ok = not ports or any(
-                p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports
-            )
-            if peer_ok and port_ok:
-                return True
-    return False
 
 
 def airflow_pod(component: str) -> dict[str, str]:

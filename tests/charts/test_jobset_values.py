@@ -31,7 +31,7 @@ from tests.charts.conftest import (
     render_chart,
     schema_problem,
 )
-from tests.charts.test_airflow_chart import admits
+from tests.support.network_policy import admits
 
 OUR_CHART = CHARTS_DIR / "metaflow-jobset"
 

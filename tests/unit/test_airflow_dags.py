@@ -24,9 +24,10 @@ from metaflow_gcp.config import validate
 from metaflow_gcp.errors import StackError
 from metaflow_gcp.kube import Kubectl
 from metaflow_gcp.shell import Runner
+from tests.support.cluster import kubectl_call
 
 CTX = validate({"org_prefix": "acme", "project": "acme-ml-prod"}).names().kube_context
-K = ["kubectl", f"--context={CTX}"]
+K = kubectl_call(context=CTX)
 POD = "airflow-scheduler-7d9f8b6c5-x2x4q"
 DAGS = "/opt/airflow/dags"
 
@@ -137,9 +138,24 @@ def pod(
     return doc
 
 
+def in_airflow(*words: str) -> list[str]:
+    """A kubectl argv in the airflow namespace, on the stack's context."""
+    return kubectl_call(*words, context=CTX, namespace="airflow")
+
+
+def in_scheduler(*command: str) -> list[str]:
+    """`kubectl exec` of `command` in the scheduler container of the scheduler pod."""
+    return in_airflow("exec", POD, "-c", "scheduler", "--", *command)
+
+
+def copy_to_scheduler(path: Path, remote: str) -> list[str]:
+    """`kubectl cp` of a local file to `remote` in the scheduler container."""
+    return kubectl_call("cp", str(path), f"airflow/{POD}:{remote}", "-c", "scheduler", context=CTX)
+
+
 def register_pods(fp: FakeProcess, *pods: dict[str, Any]) -> None:
     fp.register(
-        [*K, "--namespace=airflow", "get", "pods", "-l", SCHEDULER_SELECTOR, "-o", "json"],
+        in_airflow("get", "pods", "-l", SCHEDULER_SELECTOR, "-o", "json"),
         stdout=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(pods)}),
     )
 
@@ -149,26 +165,11 @@ def register_upload(
 ) -> None:
     name = name or path.name
     staging = f"{DAGS}/.{name}.uploading"
-    fp.register([*K, "cp", str(path), f"airflow/{POD}:{staging}", "-c", "scheduler"])
+    fp.register(copy_to_scheduler(path, staging))
     fp.register(
-        [*K, "--namespace=airflow", "exec", POD, "-c", "scheduler", "--", "sha256sum", staging],
-        stdout=f"{remote_sum or sha(path)}  {staging}\n",
+        in_scheduler("sha256sum", staging), stdout=f"{remote_sum or sha(path)}  {staging}\n"
     )
-    fp.register(
-        [
-            *K,
-            "--namespace=airflow",
-            "exec",
-            POD,
-            "-c",
-            "scheduler",
-            "--",
-            "mv",
-            "-f",
-            staging,
-            f"{DAGS}/{name}",
-        ]
-    )
+    fp.register(in_scheduler("mv", "-f", staging, f"{DAGS}/{name}"))
 
 
 @pytest.fixture
@@ -329,7 +330,7 @@ class TestFindSchedulerPod:
     ) -> None:
         register_pods(fp)
         fp.register(
-            [*K, "get", "namespace", "airflow", "-o", "json"],
+            kubectl_call("get", "namespace", "airflow", "-o", "json", context=CTX),
             returncode=1,
             stderr='Error from server (NotFound): namespaces "airflow" not found\n',
         )
@@ -344,7 +345,7 @@ class TestFindSchedulerPod:
     ) -> None:
         register_pods(fp)
         fp.register(
-            [*K, "get", "namespace", "airflow", "-o", "json"],
+            kubectl_call("get", "namespace", "airflow", "-o", "json", context=CTX),
             stdout='{"metadata": {"name": "airflow"}}',
         )
         with pytest.raises(
@@ -449,14 +450,9 @@ class TestUploadDags:
     ) -> None:
         register_pods(fp, pod())
         staging = f"{DAGS}/.hello_dag.py.uploading"
-        fp.register([*K, "cp", str(dag_file), f"airflow/{POD}:{staging}", "-c", "scheduler"])
-        fp.register(
-            [*K, "--namespace=airflow", "exec", POD, "-c", "scheduler", "--", "sha256sum", staging],
-            stdout=f"{'0' * 64}  {staging}\n",
-        )
-        remove = fp.register(
-            [*K, "--namespace=airflow", "exec", POD, "-c", "scheduler", "--", "rm", "-f", staging]
-        )
+        fp.register(copy_to_scheduler(dag_file, staging))
+        fp.register(in_scheduler("sha256sum", staging), stdout=f"{'0' * 64}  {staging}\n")
+        remove = fp.register(in_scheduler("rm", "-f", staging))
         with pytest.raises(StackError) as caught:
             upload_dags(kubectl, [dag_file])
         message = caught.value.one_line()
@@ -471,14 +467,7 @@ class TestUploadDags:
     ) -> None:
         register_pods(fp, pod())
         fp.register(
-            [
-                *K,
-                "cp",
-                str(dag_file),
-                f"airflow/{POD}:{DAGS}/.hello_dag.py.uploading",
-                "-c",
-                "scheduler",
-            ],
+            copy_to_scheduler(dag_file, f"{DAGS}/.hello_dag.py.uploading"),
             returncode=1,
             stderr='error: unable to upgrade connection: container not found ("scheduler")\n',
         )
@@ -528,7 +517,7 @@ class TestUploadDags:
         register_pods(fp, pod())
         register_upload(fp, one)
         fp.register(
-            [*K, "cp", str(two), f"airflow/{POD}:{DAGS}/.two.py.uploading", "-c", "scheduler"],
+            copy_to_scheduler(two, f"{DAGS}/.two.py.uploading"),
             returncode=1,
             stderr="error: connection reset by peer\n",
         )

@@ -1,6 +1,6 @@
 """services.up for Airflow and JobSet: Airflow's database on Cloud SQL, its proxy, its accounts.
 
-The fake of tests/unit/test_services.py is extended with what these steps ask of gcloud
+The fake cluster of tests/support/cluster.py is extended with what these steps ask of gcloud
 (Cloud SQL databases and users, Airflow's Secret Manager secret, one IAM policy per Google
 account) and of kubectl (the old bundled Postgres' volume claim), so a second run sees what
 the first one left. Helm's OCI references (JobSet) are answered as Helm does: no --repo.
@@ -14,35 +14,37 @@ import re
 import subprocess
 import sys
 import threading
-from io import StringIO
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_subprocess import FakeProcess
-from rich.console import Console
 
 from metaflow_gcp import airflow_db, services
 from metaflow_gcp.app import open_stack
 from metaflow_gcp.config import validate
 from metaflow_gcp.errors import ConfigErrors
 from metaflow_gcp.gcp import iam
-from tests.unit.test_services import (
-    CONTEXT,
-    POOL,
-    ROOT,
-    SETTINGS,
-    FakeCluster,
-    FakeState,
-    HelmRelease,
-    Run,
-    flag,
+from tests.support.cluster import FakeCluster, HelmRelease, flag, helm_user_values
+from tests.support.console import CapturedConsole
+from tests.support.services_up import (  # noqa: F401 - fixtures, found by pytest by name
+    ServicesUp,
     helm_upgrade,
+    private_homes_fixture,
+    state_fixture,
+    tools_fixture,
+)
+from tests.support.stack import (
+    POOL,
+    PROJECT_NUMBER,
+    SERVICES_GSA,
+    SETTINGS,
+    STEPS_GSA,
+    FakeState,
 )
 
-PROJECT_NUMBER = "123456"
-SERVICES_SA = "mf-dev-services@acme-ml-prod.iam.gserviceaccount.com"
-STEPS_SA = "mf-dev-steps@acme-ml-prod.iam.gserviceaccount.com"
+ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_SECRET = "mf-dev-airflow-db-password"
 CONCURRENT_POLICY_CHANGE = (
     "ERROR: (gcloud.iam.service-accounts.set-iam-policy) ABORTED: There were concurrent policy "
@@ -121,7 +123,7 @@ class AirflowCluster(FakeCluster):
                     self.policies[email] = {**policy, "etag": f"BwY{len(self.mutations)}"}
                     return 0, json.dumps(self.policies[email]), ""
         if words[:3] == ["iam", "service-accounts", "list"]:
-            listed = [{"email": e} for e in (SERVICES_SA, STEPS_SA)]
+            listed = [{"email": e} for e in (SERVICES_GSA, STEPS_GSA)]
             return 0, json.dumps(listed), ""
         return super().gcloud(argv)
 
@@ -165,8 +167,6 @@ class AirflowCluster(FakeCluster):
             self.mutations.append(argv)
             name = words[1]
             label = f"{words[2].rsplit('/', 1)[-1]}-{flag(argv, '--version')}"
-            from tests.unit.test_services import helm_user_values
-
             self.releases[(ns, name)] = HelmRelease(name, ns, label, helm_user_values(argv))
             return 0, f'Release "{name}" has been upgraded.', ""
         return super().helm(argv)
@@ -180,59 +180,8 @@ class AirflowCluster(FakeCluster):
         }
 
 
-class Up:
-    def __init__(self, tools: dict[str, str], state: FakeState) -> None:
-        self.tools, self.state = tools, state
-
-    def __call__(
-        self, *, airflow: bool = True, jobset: bool = False, yes: bool = False, **kw: Any
-    ) -> Run:
-        out = StringIO()
-        settings = {**SETTINGS, "deploy_argo": False, "deploy_airflow": airflow}
-        stack = open_stack(
-            {**settings, "deploy_jobset": jobset},
-            yes=yes,
-            env=self.tools,
-            console=Console(file=out, width=600, color_system=None),
-        )
-        stack.state = self.state  # type: ignore[assignment]
-        result = Run(stack, out)
-        real = stack.runner.run
-
-        def spy(argv: Any, **kwargs: Any) -> Any:
-            result.calls.append(([str(a) for a in argv], kwargs.get("stdin")))
-            return real(argv, **kwargs)
-
-        stack.runner.run = spy  # type: ignore[method-assign]
-        for name, value in kw.items():
-            setattr(stack, name, value)
-        services.up(stack)
-        return result
-
-
-@pytest.fixture(autouse=True)
-def _private_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("METAFLOW_HOME", str(tmp_path / "metaflowconfig"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.delenv("METAFLOW_PROFILE", raising=False)
-
-
 @pytest.fixture
-def tools(tmp_path: Path) -> dict[str, str]:
-    import yaml
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("gcloud", "kubectl", "helm"):
-        (bin_dir / tool).write_text("#!/bin/sh\nexit 99\n")
-        (bin_dir / tool).chmod(0o755)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({"contexts": [{"name": CONTEXT, "context": {}}]}))
-    return {"PATH": str(bin_dir), "KUBECONFIG": str(kubeconfig)}
-
-
-@pytest.fixture
-def cluster(fp: FakeProcess) -> Any:
+def cluster(fp: FakeProcess) -> Iterator[AirflowCluster]:
     fake = AirflowCluster()
     fake.install(fp)
     yield fake
@@ -240,23 +189,9 @@ def cluster(fp: FakeProcess) -> Any:
 
 
 @pytest.fixture
-def state() -> FakeState:
-    return FakeState(
-        {
-            "db_generation": 2,
-            "infra": {
-                "converged": "f00d",
-                "sql_user_ready": "mf-dev-pg-2",
-                "project_number": PROJECT_NUMBER,
-            },
-            "lock": None,
-        }
-    )
-
-
-@pytest.fixture
-def up(tools: dict[str, str], state: FakeState) -> Up:
-    return Up(tools, state)
+def up(tools: dict[str, str], state: FakeState) -> ServicesUp:
+    """services.up, Airflow on, Argo and JobSet off."""
+    return ServicesUp(tools, state, width=600, argo=False, airflow=True)
 
 
 def created_password(cluster: AirflowCluster) -> str:
@@ -283,7 +218,7 @@ def connection(cluster: AirflowCluster) -> tuple[str, dict[str, str]]:
 
 @needs_wi_api
 def test_airflows_database_and_user_are_made_on_the_stacks_instance_with_a_stdin_password(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     run = up()
 
@@ -305,7 +240,7 @@ def test_airflows_database_and_user_are_made_on_the_stacks_instance_with_a_stdin
 
 @needs_wi_api
 def test_airflow_gets_its_url_through_the_proxy_in_a_secret_built_in_memory(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     run = up()
 
@@ -334,7 +269,7 @@ def test_airflow_gets_its_url_through_the_proxy_in_a_secret_built_in_memory(
 
 @needs_wi_api
 def test_the_proxy_release_comes_before_airflow_with_this_stacks_instance_and_accounts(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     run = up()
 
@@ -345,8 +280,8 @@ def test_the_proxy_release_comes_before_airflow_with_this_stacks_instance_and_ac
     assert values == {
         "database": {"instanceConnectionName": "acme-ml-prod:us-west2:mf-dev-pg-2"},
         "serviceAccounts": {
-            "dbProxy": {"name": "mf-dev-airflow-db", "gcpServiceAccount": SERVICES_SA},
-            "steps": {"name": "mf-dev-steps", "gcpServiceAccount": STEPS_SA},
+            "dbProxy": {"name": "mf-dev-airflow-db", "gcpServiceAccount": SERVICES_GSA},
+            "steps": {"name": "mf-dev-steps", "gcpServiceAccount": STEPS_GSA},
         },
     }
     assert run.index("upgrade", "--install", "metaflow-airflow") < run.index(
@@ -357,19 +292,19 @@ def test_the_proxy_release_comes_before_airflow_with_this_stacks_instance_and_ac
 
 @needs_wi_api
 def test_the_proxy_acts_as_the_services_account_and_step_pods_as_the_steps_account(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     up()
 
-    assert PROXY_KSA in cluster.members(SERVICES_SA)
-    assert STEPS_KSA in cluster.members(STEPS_SA)
-    assert PROXY_KSA not in cluster.members(STEPS_SA)
-    assert STEPS_KSA not in cluster.members(SERVICES_SA)
+    assert PROXY_KSA in cluster.members(SERVICES_GSA)
+    assert STEPS_KSA in cluster.members(STEPS_GSA)
+    assert PROXY_KSA not in cluster.members(STEPS_GSA)
+    assert STEPS_KSA not in cluster.members(SERVICES_GSA)
 
 
 @needs_wi_api
 def test_a_second_run_changes_nothing_and_reads_no_password(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     up()
     before = len(cluster.mutations)
@@ -383,7 +318,7 @@ def test_a_second_run_changes_nothing_and_reads_no_password(
 
 @needs_wi_api
 def test_a_new_sql_generation_gets_the_database_the_user_and_a_new_secret(
-    cluster: AirflowCluster, up: Up, state: FakeState
+    cluster: AirflowCluster, up: ServicesUp, state: FakeState
 ) -> None:
     """After teardown and infra.up again, the instance is mf-dev-pg-3 (same password)."""
     up()
@@ -409,7 +344,7 @@ def test_a_new_sql_generation_gets_the_database_the_user_and_a_new_secret(
 
 @needs_wi_api
 def test_an_upgraded_stack_keeps_the_old_claim_and_is_told_how_to_move_its_history(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     cluster.namespaces.setdefault("airflow", {})
     cluster.claims.add(("airflow", airflow_db.LEGACY_CLAIM))
@@ -430,7 +365,7 @@ def test_an_upgraded_stack_keeps_the_old_claim_and_is_told_how_to_move_its_histo
 
 @needs_wi_api
 def test_a_stack_without_the_old_claim_hears_nothing_about_it(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     run = up()
 
@@ -474,7 +409,7 @@ def test_the_migration_dumps_the_old_volume_and_restores_through_the_proxy() -> 
 
 @needs_wi_api
 def test_switching_airflow_off_removes_airflow_then_its_proxy_then_the_identities(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     up()
 
@@ -486,8 +421,8 @@ def test_switching_airflow_off_removes_airflow_then_its_proxy_then_the_identitie
     assert run.index("uninstall", "metaflow-airflow") < max(
         i for i, argv in enumerate(run.argvs()) if "set-iam-policy" in argv
     )
-    assert PROXY_KSA not in cluster.members(SERVICES_SA)
-    assert STEPS_KSA not in cluster.members(STEPS_SA)
+    assert PROXY_KSA not in cluster.members(SERVICES_GSA)
+    assert STEPS_KSA not in cluster.members(STEPS_GSA)
     # History stays: Cloud SQL database, user and password are not touched.
     assert cluster.databases["mf-dev-pg-2"] == {"airflow"}
     assert not any(
@@ -503,7 +438,7 @@ def test_switching_airflow_off_removes_airflow_then_its_proxy_then_the_identitie
 
 @needs_wi_api
 def test_jobset_is_installed_from_its_oci_chart_then_its_network_boundary(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     run = up(airflow=False, jobset=True)
 
@@ -525,7 +460,7 @@ def test_jobset_is_installed_from_its_oci_chart_then_its_network_boundary(
 
 @needs_wi_api
 def test_switching_jobset_off_removes_both_releases_and_says_how_to_keep_them(
-    cluster: AirflowCluster, up: Up
+    cluster: AirflowCluster, up: ServicesUp
 ) -> None:
     up(airflow=False, jobset=True)
 
@@ -586,18 +521,18 @@ def test_services_up_takes_jobset_and_no_jobset() -> None:
 def test_a_dry_run_prints_airflows_database_before_its_secret_its_proxy_and_airflow(
     fp: FakeProcess, tmp_path: Path
 ) -> None:
-    out = StringIO()
+    console = CapturedConsole(width=600)
     stack = open_stack(
         {**SETTINGS, "deploy_argo": False, "deploy_airflow": True, "deploy_jobset": True},
         dry_run=True,
         env={"PATH": str(tmp_path / "nothing-here")},
-        console=Console(file=out, width=600, color_system=None),
+        console=console,
     )
 
     services.up(stack)
 
     assert len(fp.calls) == 0
-    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("$")]
+    lines = [line.strip() for line in console.text.splitlines() if line.strip().startswith("$")]
     order = [
         f"gcloud secrets create {AIRFLOW_SECRET}",
         "gcloud sql databases create airflow --instance=mf-dev-pg-0",

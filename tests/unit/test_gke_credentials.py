@@ -8,19 +8,18 @@ not be mistaken for the credentials of its successor.
 from __future__ import annotations
 
 import json
-from io import StringIO
 from pathlib import Path
 
 import pytest
-import yaml
 from pytest_subprocess import FakeProcess
-from rich.console import Console
 
 from metaflow_gcp.app import Stack, open_stack
 from metaflow_gcp.gcp import gke
 from metaflow_gcp.graph import Outcome, Step, run_steps
+from tests.support.cluster import machine
+from tests.support.console import CapturedConsole
+from tests.support.stack import CONTEXT, SETTINGS
 
-CONTEXT = "gke_acme-ml-prod_us-west2-a_mf-dev"
 DESCRIBE = ["gcloud", "container", "clusters", "describe", "mf-dev", FakeProcess.any()]
 GET_CREDENTIALS = ["gcloud", "container", "clusters", "get-credentials", FakeProcess.any()]
 
@@ -31,22 +30,9 @@ def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def stack_with_kubeconfig(tmp_path: Path, server: str | None) -> Stack:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "gcloud").write_text("#!/bin/sh\nexit 99\n")
-    (bin_dir / "gcloud").chmod(0o755)
-    config: dict[str, object] = {"contexts": [], "clusters": []}
-    if server is not None:
-        config = {
-            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT}}],
-            "clusters": [{"name": CONTEXT, "cluster": {"server": server}}],
-        }
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
-    return open_stack(
-        {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"},
-        env={"PATH": str(bin_dir), "KUBECONFIG": str(tmp_path / "kubeconfig")},
-        console=Console(file=StringIO()),
-    )
+    context = None if server is None else CONTEXT
+    env = machine(tmp_path, ["gcloud"], context=context, server=server)
+    return open_stack(SETTINGS, env=env, console=CapturedConsole())
 
 
 def credentials(stack: Stack, *, cold: bool = False) -> Outcome | None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
 import pytest
-from rich.console import Console
 
 from metaflow_gcp.errors import LockHeld, StackError
 from metaflow_gcp.graph import (
@@ -20,6 +18,7 @@ from metaflow_gcp.graph import (
     run_steps,
     validate_graph,
 )
+from tests.support.console import CapturedConsole
 
 
 def sleeper(seconds: float, log: list[str] | None = None, name: str = "") -> object:
@@ -34,8 +33,8 @@ def sleeper(seconds: float, log: list[str] | None = None, name: str = "") -> obj
     return action
 
 
-def quiet() -> Console:
-    return Console(file=io.StringIO(), force_terminal=False)
+def quiet() -> CapturedConsole:
+    return CapturedConsole()
 
 
 def test_independent_steps_run_at_the_same_time_so_the_run_lasts_its_longest_chain() -> None:
@@ -226,11 +225,10 @@ def test_a_dry_run_goes_one_step_at_a_time_in_the_listed_order() -> None:
 
 
 def test_without_a_terminal_each_event_is_one_plain_line() -> None:
-    buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=False, width=120)
+    console = CapturedConsole(width=120)
     run_steps([Step("net", "network mf-dev-vpc", sleeper(0.0))],  # type: ignore[arg-type]
               console=console, title="t")
-    lines = buffer.getvalue().splitlines()
+    lines = console.text.splitlines()
     assert any(line.endswith("network mf-dev-vpc: started") for line in lines)
     assert any(line.endswith("network mf-dev-vpc: created") for line in lines)
     assert isinstance(PlainView(console), PlainView)

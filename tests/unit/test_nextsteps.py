@@ -13,18 +13,17 @@ import re
 import stat
 import subprocess
 import sys
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from rich.console import Console
 
 from metaflow_gcp import nextsteps
 from metaflow_gcp.app import Stack, open_stack
 from metaflow_gcp.config import Names, validate
 from metaflow_gcp.nextsteps import Profile, WriteStatus
+from tests.support.console import CapturedConsole
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
@@ -399,16 +398,16 @@ def test_a_dry_run_writes_nothing(tmp_path: Path) -> None:
 
 
 def summary(tmp_path: Path, *, argo: bool, airflow: bool) -> str:
-    out = StringIO()
+    console = CapturedConsole(width=300)
     stack: Stack = open_stack(
         {**SETTINGS, "deploy_argo": argo, "deploy_airflow": airflow},
         dry_run=True,
-        console=Console(file=out, width=300, color_system=None),
+        console=console,
     )
     profiles = nextsteps.metaflow_profiles(stack.names, argo=argo, airflow=airflow)
     written = nextsteps.write_profiles(profiles, stack="dev", home=tmp_path / "mf")
     nextsteps.print_next_steps(stack, written)
-    return out.getvalue()
+    return console.text
 
 
 def test_the_summary_walks_a_data_scientist_through_setup(tmp_path: Path) -> None:

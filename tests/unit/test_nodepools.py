@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import pytest
 from pytest_subprocess import FakeProcess
-from rich.console import Console
 
 from metaflow_gcp import infra
 from metaflow_gcp.app import open_stack
@@ -17,6 +15,7 @@ from metaflow_gcp.gcp import nodepools, operations
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.graph import Outcome, Step, run_steps
 from metaflow_gcp.shell import Runner
+from tests.support.console import CapturedConsole
 
 GOOD = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
 
@@ -124,11 +123,10 @@ def test_the_create_command_carries_the_hardening_autoscaling_from_zero_and_the_
 
 
 def test_a_dry_run_shows_the_pools_after_the_cluster() -> None:
-    buffer = io.StringIO()
     stack = open_stack(
         {**GOOD, "gpu_type": "nvidia-l4", "spot_max_nodes": 2},
         dry_run=True,
-        console=Console(file=buffer, width=400),
+        console=CapturedConsole(width=400),
     )
     infra.up(stack)
     commands = [r.command for r in stack.runner.history]
@@ -143,7 +141,7 @@ def test_a_dry_run_shows_the_pools_after_the_cluster() -> None:
 
 
 def test_a_cold_stack_without_pools_gets_no_pool_steps() -> None:
-    stack = open_stack(GOOD, dry_run=True, console=Console(file=io.StringIO()))
+    stack = open_stack(GOOD, dry_run=True, console=CapturedConsole())
     assert infra.node_pool_steps(stack, cold=True) == []
     names = [s.name for s in infra.node_pool_steps(stack, cold=False)]
     assert names == ["gpu_pool", "spot_pool"]  # a stack built before: remove leftovers
@@ -165,6 +163,6 @@ def test_a_pool_still_being_deleted_is_waited_for_then_made_again(
     fp.register(describe, stdout=json.dumps(described(p)))
     g = Gcloud(Runner(), "acme-ml-prod")
     step = Step("p", "p", lambda r: nodepools.ensure(g, s.names(), "gpu", p, r))
-    report = run_steps([step], console=Console(file=io.StringIO()), title="t")
+    report = run_steps([step], console=CapturedConsole(), title="t")
     assert report.outcomes()["p"] is Outcome.CREATED, report.failed
     assert fp.call_count(create) == 1

@@ -31,6 +31,8 @@ from metaflow_gcp.portforward import (
     run_port_forward,
 )
 from metaflow_gcp.shell import Runner
+from tests.support.cluster import kubectl_call, long_running
+from tests.support.console import CapturedConsole
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,13 +129,8 @@ def spawner(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spawner]:
 
 
 @pytest.fixture
-def out() -> io.StringIO:
-    return io.StringIO()
-
-
-@pytest.fixture
-def console(out: io.StringIO) -> Console:
-    return Console(file=out, width=200, color_system=None, force_terminal=False)
+def console() -> CapturedConsole:
+    return CapturedConsole(width=200)
 
 
 @pytest.fixture
@@ -213,7 +210,7 @@ def test_the_urls_are_the_ones_the_config_and_the_ui_backend_expect() -> None:
 
 
 def test_the_argo_ui_forward_says_how_to_log_in_and_shows_no_token(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     (argo,) = [f for f in forwards_for(True, False) if f.name == "Argo Workflows UI"]
     assert 'echo "Bearer $(gcloud auth print-access-token)"' in argo.hint
@@ -221,7 +218,7 @@ def test_the_argo_ui_forward_says_how_to_log_in_and_shows_no_token(
     sup.start()
     sup.show_urls()
     sup.stop()
-    assert "gcloud auth print-access-token" in out.getvalue()
+    assert "gcloud auth print-access-token" in console.text
 
 
 # -- taken ports -----------------------------------------------------------------------
@@ -262,7 +259,7 @@ def test_free_ports_pass_and_a_port_wanted_twice_does_not() -> None:
         check_ports_free(forwards(port, port))
 
 
-def test_nothing_starts_when_a_port_is_taken(spawner: Spawner, console: Console) -> None:
+def test_nothing_starts_when_a_port_is_taken(spawner: Spawner, console: CapturedConsole) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -276,7 +273,7 @@ def test_nothing_starts_when_a_port_is_taken(spawner: Spawner, console: Console)
 
 
 def test_each_forward_runs_kubectl_port_forward_on_the_stack_context(
-    spawner: Spawner, console: Console, clock: Clock
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     sup = supervisor(console, clock, forwards_for(True, True))
     sup.start()
@@ -301,14 +298,14 @@ def test_each_forward_runs_kubectl_port_forward_on_the_stack_context(
 
 
 def test_urls_are_printed_once_every_forward_is_up(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     sup = supervisor(console, clock, forwards(18080, 13000))
     sup.start()
     settle(sup)
     sup.poll()
     sup.poll()
-    text = out.getvalue()
+    text = console.text
     assert text.count("http://127.0.0.1:18080") == 1
     assert "service 13000  http://127.0.0.1:13000" in text
     assert "https" not in text
@@ -317,22 +314,22 @@ def test_urls_are_printed_once_every_forward_is_up(
 
 
 def test_urls_wait_for_a_slow_forward_but_not_forever(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     spawner.script(13000, {"lines": []})  # running, but has not said "Forwarding from" yet
     sup = supervisor(console, clock, forwards(18080, 13000))
     sup.start()
     settle(sup)
     sup.poll()
-    assert "http://" not in out.getvalue()
+    assert "http://" not in console.text
     clock.now += sup.settle_timeout
     sup.poll()
-    assert "http://127.0.0.1:13000  (starting)" in out.getvalue()
+    assert "http://127.0.0.1:13000  (starting)" in console.text
     sup.stop()
 
 
 def test_a_child_that_exits_is_restarted_after_a_backoff_and_it_is_said(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     spawner.script(
         18080,
@@ -344,7 +341,7 @@ def test_a_child_that_exits_is_restarted_after_a_backoff_and_it_is_said(
     sup.poll()
     assert (
         "service 18080: kubectl port-forward stopped (error: lost connection to pod); restarting in 1s"
-        in out.getvalue()
+        in console.text
     )
     assert len(spawner.of(18080)) == 1
 
@@ -355,16 +352,16 @@ def test_a_child_that_exits_is_restarted_after_a_backoff_and_it_is_said(
     clock.now += 0.5
     sup.poll()
     assert len(spawner.of(18080)) == 2
-    assert "service 18080: started kubectl port-forward again" in out.getvalue()
+    assert "service 18080: started kubectl port-forward again" in console.text
     settle(sup)
     sup.poll()
-    assert "service 18080: forwarding again at http://127.0.0.1:18080" in out.getvalue()
+    assert "service 18080: forwarding again at http://127.0.0.1:18080" in console.text
     assert len(spawner.of(13000)) == 1  # the healthy one was left alone
     sup.stop()
 
 
 def test_the_backoff_doubles_up_to_30s_and_resets_after_a_healthy_stretch(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     crash = {"lines": ['error: services "s18080" not found'], "exit_code": 1}
     spawner.script(18080, *[crash] * 7, {"lines": [READY.format(port=18080)]})
@@ -379,7 +376,7 @@ def test_the_backoff_doubles_up_to_30s_and_resets_after_a_healthy_stretch(
         clock.now = child.restart_at
         sup.poll()  # restarts it
     assert delays == [1, 2, 4, 8, 16, 30, 30]
-    assert '(error: services "s18080" not found); restarting in 30s' in out.getvalue()
+    assert '(error: services "s18080" not found); restarting in 30s' in console.text
 
     # The 8th child is healthy for a while, then dies: the backoff starts over.
     settle(sup)
@@ -392,7 +389,7 @@ def test_the_backoff_doubles_up_to_30s_and_resets_after_a_healthy_stretch(
 
 
 def test_stop_terminates_every_child_and_kills_one_that_ignores_it(
-    spawner: Spawner, console: Console, clock: Clock
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     spawner.script(13000, {"stubborn": True})
     sup = supervisor(console, clock, forwards(18080, 13000, 12746))
@@ -406,7 +403,7 @@ def test_stop_terminates_every_child_and_kills_one_that_ignores_it(
 
 
 def test_if_one_cannot_start_the_ones_already_started_are_stopped(
-    spawner: Spawner, console: Console, clock: Clock
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     spawner.fail_on = 13000
     sup = supervisor(console, clock, forwards(18080, 13000))
@@ -417,7 +414,7 @@ def test_if_one_cannot_start_the_ones_already_started_are_stopped(
 
 
 def test_exits_seen_while_stopping_are_not_restarted(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     sup = supervisor(console, clock, forwards(18080))
     stop = threading.Event()
@@ -428,7 +425,7 @@ def test_exits_seen_while_stopping_are_not_restarted(
 
     sup.run(stop, sleep=ctrl_c_reaches_everyone)
     assert len(spawner.children) == 1
-    assert "restarting" not in out.getvalue()
+    assert "restarting" not in console.text
 
 
 # -- the task --------------------------------------------------------------------------
@@ -452,7 +449,7 @@ def sleeper(
 
 
 def test_run_port_forward_supervises_until_stopped_then_leaves_nothing_running(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     fwds = forwards(free_port(), free_port())
     kubectl = Kubectl(Runner(), CTX)
@@ -464,11 +461,11 @@ def test_run_port_forward_supervises_until_stopped_then_leaves_nothing_running(
     runner.join(timeout=10)
     assert not runner.is_alive()
     assert spawner.running() == []
-    assert f"http://127.0.0.1:{fwds[0].local_port}" in out.getvalue()
+    assert f"http://127.0.0.1:{fwds[0].local_port}" in console.text
 
 
 def test_sigterm_stops_every_child_and_restores_the_handler(
-    spawner: Spawner, console: Console, clock: Clock, out: io.StringIO
+    spawner: Spawner, console: CapturedConsole, clock: Clock
 ) -> None:
     fwds = forwards(free_port(), free_port())
     kubectl = Kubectl(Runner(), CTX)
@@ -486,11 +483,11 @@ def test_sigterm_stops_every_child_and_restores_the_handler(
     assert never.is_set()
     assert spawner.running() == []
     assert signal.getsignal(signal.SIGTERM) is before
-    assert out.getvalue().rstrip().endswith("All port-forwards stopped.")
+    assert console.text.rstrip().endswith("All port-forwards stopped.")
 
 
 def test_dry_run_shows_the_commands_and_urls_and_starts_nothing(
-    fp: FakeProcess, console: Console, out: io.StringIO
+    fp: FakeProcess, console: CapturedConsole
 ) -> None:
     shown: list[str] = []
     kubectl = Kubectl(Runner(dry_run=True, echo=shown.append, env={"PATH": "/nonexistent"}), CTX)
@@ -499,36 +496,20 @@ def test_dry_run_shows_the_commands_and_urls_and_starts_nothing(
     assert len(shown) == 5
     assert all(line.startswith(f"kubectl --context={CTX} --namespace=") for line in shown)
     assert "port-forward svc/argo-workflows-server 2746:2746 --address=localhost" in shown[3]
-    assert "http://localhost:12000/metaflow-event" in out.getvalue()
+    assert "http://localhost:12000/metaflow-event" in console.text
 
 
 # -- through the real Runner (pytest-subprocess fakes Popen) ---------------------------
 
 
-def long_running(fp: FakeProcess, argv: list[str]) -> None:
-    """A registered child that runs until it receives a signal."""
-    stopped = threading.Event()
-    fp.register(
-        argv,
-        callback=lambda process: stopped.wait(5),
-        signal_callback=lambda process, sig: stopped.set(),
+def argv_for(f: Forward) -> list[str]:
+    return kubectl_call(
+        "port-forward", f.target, f.ports, "--address=localhost", context=CTX, namespace=f.namespace
     )
 
 
-def argv_for(f: Forward) -> list[str]:
-    return [
-        "kubectl",
-        f"--context={CTX}",
-        f"--namespace={f.namespace}",
-        "port-forward",
-        f.target,
-        f.ports,
-        "--address=localhost",
-    ]
-
-
 def test_with_real_popen_a_dead_child_is_restarted_and_stop_signals_every_child(
-    fp: FakeProcess, console: Console, clock: Clock, out: io.StringIO
+    fp: FakeProcess, console: CapturedConsole, clock: Clock
 ) -> None:
     a, b = forwards(18080, 13000)
     fp.register(argv_for(a), stdout=["error: lost connection to pod"], returncode=1)
@@ -539,7 +520,7 @@ def test_with_real_popen_a_dead_child_is_restarted_and_stop_signals_every_child(
     procs = [c.run.proc for c in sup.children if c.run is not None]
     procs[0].wait(timeout=2)  # the first one exits at once
     sup.poll()
-    assert "stopped (error: lost connection to pod); restarting in 1s" in out.getvalue()
+    assert "stopped (error: lost connection to pod); restarting in 1s" in console.text
     clock.now += 1
     sup.poll()
     assert fp.call_count(argv_for(a)) == 2
@@ -553,7 +534,7 @@ def test_with_real_popen_a_dead_child_is_restarted_and_stop_signals_every_child(
 
 
 def test_a_real_child_is_drained_supervised_and_reaped(
-    tmp_path: Path, console: Console, out: io.StringIO
+    tmp_path: Path, console: CapturedConsole
 ) -> None:
     """A stand-in kubectl that floods its output (as one line per connection does) first.
 
@@ -583,4 +564,4 @@ def test_a_real_child_is_drained_supervised_and_reaped(
     assert proc.returncode == -signal.SIGTERM
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)
-    assert "http://127.0.0.1:18080" in out.getvalue()
+    assert "http://127.0.0.1:18080" in console.text

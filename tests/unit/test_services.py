@@ -1,511 +1,56 @@
 """`inv services.up`: what it asks of gcloud, kubectl and helm, in which order, and what it never does.
 
-The cluster, Helm and the two gcloud APIs involved are played by `FakeCluster` behind
-pytest-subprocess: it keeps releases, namespaces, Secrets and the IAM policy between
-calls, so a second run sees what the first one left and re-runs can be judged. The state
-file is a small in-memory stand-in with the same lock semantics as the real store.
+The cluster, Helm and the two gcloud APIs involved are played by `FakeCluster`
+(tests/support/cluster.py) behind pytest-subprocess: it keeps releases, namespaces, Secrets
+and the IAM policy between calls, so a second run sees what the first one left and re-runs
+can be judged. The state file is `FakeState`, in memory with the same lock semantics as the
+real store.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import re
 import shutil
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from pytest_subprocess import FakeProcess
-from rich.console import Console
 
 from metaflow_gcp import services
-from metaflow_gcp.app import Stack, open_stack
+from metaflow_gcp.app import open_stack
 from metaflow_gcp.errors import LockHeld, StackError
 from metaflow_gcp.lifecycle import TaskRun
-from metaflow_gcp.state import Snapshot
+from tests.support.cluster import FakeCluster, HelmRelease, flag, helm_user_values
+from tests.support.console import CapturedConsole
+from tests.support.services_up import (  # noqa: F401 - fixtures, found by pytest by name
+    ServicesUp,
+    cluster_fixture,
+    helm_upgrade,
+    private_homes_fixture,
+    state_fixture,
+    tools_fixture,
+    up_fixture,
+)
+from tests.support.stack import (
+    CONTEXT,
+    LEGACY_GSA,
+    PASSWORD,
+    POOL,
+    SECRET_V3,
+    SERVICES_GSA,
+    SERVICES_KSA,
+    SETTINGS,
+    STEPS_GSA,
+    STEPS_KSA,
+    FakeState,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
-CONTEXT = "gke_acme-ml-prod_us-west2-a_mf-dev"
-STEPS_GSA = "mf-dev-steps@acme-ml-prod.iam.gserviceaccount.com"
-SERVICES_GSA = "mf-dev-services@acme-ml-prod.iam.gserviceaccount.com"
-LEGACY_GSA = "mf-dev-workload@acme-ml-prod.iam.gserviceaccount.com"
-STEPS_KSA = "mf-dev-steps"
-SERVICES_KSA = "mf-dev-services"
-POOL = "acme-ml-prod.svc.id.goog"
-PASSWORD = "Zq7-db-pa55word-nobody-guesses"
-SECRET_V3 = "projects/123456/secrets/mf-dev-db-password/versions/3"
 PINS = yaml.safe_load((ROOT / "values" / "versions.yaml").read_text())
-
-
-# ---------------------------------------------------------------------------------------
-# Fakes
-
-
-class FakeState:
-    """The state document in memory, with the real store's lock rules."""
-
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.doc = doc
-        self.generation = 1
-        self.lock_id = "this-run"
-        self.writes = 0
-        self._last: Snapshot | None = None
-
-    @property
-    def last(self) -> Snapshot | None:
-        return self._last
-
-    def peek(self) -> dict[str, Any]:
-        return copy.deepcopy(self.doc)
-
-    def read(self) -> Snapshot:
-        self._last = Snapshot(copy.deepcopy(self.doc), self.generation)
-        return self._last
-
-    def update(self, change: Callable[[dict[str, Any]], None]) -> Snapshot:
-        data = copy.deepcopy(self.doc)
-        change(data)
-        self.doc, self.generation, self.writes = data, self.generation + 1, self.writes + 1
-        return self.read()
-
-    def acquire(self, task: str, *, force: bool = False) -> dict[str, Any] | None:
-        held = self.doc.get("lock")
-        if held and held.get("id") != self.lock_id and not force:
-            raise LockHeld(held["holder"], held["since"], held["task"])
-        self.update(lambda d: d.update(lock={"id": self.lock_id, "task": task}))
-        return held if held and held.get("id") != self.lock_id else None
-
-
-@dataclass
-class HelmRelease:
-    name: str
-    namespace: str
-    chart: str
-    values: dict[str, Any]
-    status: str = "deployed"
-    revision: int = 1
-
-
-def helm_user_values(argv: list[str]) -> dict[str, Any]:
-    """How Helm merges -f files and --set/--set-string pairs (a separate, small re-implementation)."""
-    values: dict[str, Any] = {}
-
-    def merge(base: dict[str, Any], over: dict[str, Any]) -> None:
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = copy.deepcopy(value)
-
-    for i, arg in enumerate(argv):
-        if arg.startswith("--values="):
-            merge(values, yaml.safe_load(Path(arg.split("=", 1)[1]).read_text()) or {})
-        elif arg in ("--set", "--set-string"):
-            key, raw = re.split(r"(?<!\\)=", argv[i + 1], maxsplit=1)
-            path = [p.replace("\\.", ".") for p in re.split(r"(?<!\\)\.", key)]
-            raw = raw.replace("\\,", ",")
-            value: Any = raw
-            if arg == "--set":
-                value = {"true": True, "false": False}.get(raw, int(raw) if raw.isdigit() else raw)
-            node = values
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = value
-    return values
-
-
-def flag(argv: list[str], name: str) -> str | None:
-    for arg in argv:
-        if arg.startswith(f"{name}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-class FakeCluster:
-    """GKE + Helm + the IAM policy and Secret Manager version, as the commands see them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        # namespace -> its labels
-        self.namespaces: dict[str, dict[str, str]] = {"default": {}, "kube-system": {}}
-        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
-        self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
-        self.pods: list[dict[str, Any]] = []
-        self.stateful_sets: dict[tuple[str, str], dict[str, Any]] = {}  # what controllers made
-        self.releases: dict[tuple[str, str], HelmRelease] = {}
-        # Google service accounts -> their IAM policy; the project's own policy.
-        self.google_accounts: dict[str, dict[str, Any]] = {
-            email: {"etag": "BwYA", "bindings": []} for email in (STEPS_GSA, SERVICES_GSA)
-        }
-        self.project_policy: dict[str, Any] = {"etag": "BwYA", "bindings": []}
-        self.secret_version = SECRET_V3
-        self.fail: set[str] = set()  # releases whose install fails
-        self.mutations: list[list[str]] = []
-        self.problems: list[str] = []  # rule breaks seen by the fake; every test wants none
-
-    # -- pytest-subprocess hooks ---------------------------------------------------------
-
-    def install(self, fp: FakeProcess) -> None:
-        fp.keep_last_process(True)
-        fp.register([fp.any()], callback=self.handle, stdin_callable=self.stdin)
-
-    def handle(self, process: Any) -> None:
-        argv = [str(a) for a in process.args]
-        with self.lock:
-            rc, out, err = self.answer(argv)
-        process.stdout.write(out)
-        process.stderr.write(err)
-        process.returncode = rc
-
-    def stdin(self, text: str) -> None:
-        manifest = json.loads(text)
-        with self.lock:
-            metadata = manifest["metadata"]
-            if manifest["kind"] == "Namespace":  # server-side apply: our labels merge in
-                self.namespaces.setdefault(metadata["name"], {}).update(metadata["labels"])
-                return
-            stores = {"Secret": self.secrets, "ServiceAccount": self.service_accounts}
-            assert manifest["kind"] in stores, f"unexpected manifest on stdin: {manifest['kind']}"
-            if metadata["namespace"] not in self.namespaces:
-                self.problems.append(f"{manifest['kind']} applied before its namespace: {metadata}")
-            stores[manifest["kind"]][(metadata["namespace"], metadata["name"])] = manifest
-
-    # -- the commands --------------------------------------------------------------------
-
-    def answer(self, argv: list[str]) -> tuple[int, str, str]:
-        program = argv[0]
-        if program == "gcloud":
-            return self.gcloud(argv)
-        if argv[1] != (
-            f"--context={CONTEXT}" if program == "kubectl" else f"--kube-context={CONTEXT}"
-        ):
-            self.problems.append(f"no stack context: {argv}")
-        return self.kubectl(argv) if program == "kubectl" else self.helm(argv)
-
-    def gcloud(self, argv: list[str]) -> tuple[int, str, str]:  # noqa: PLR0911 - a branch per command
-        words = [a for a in argv[1:] if not a.startswith("--")]
-        if "--project=acme-ml-prod" not in argv:
-            self.problems.append(f"gcloud without the project: {argv}")
-        if words[:3] == ["iam", "service-accounts", "list"]:
-            return 0, json.dumps([{"email": e} for e in self.google_accounts]), ""
-        missing = f"ERROR: (gcloud.iam) NOT_FOUND: Unknown service account {words[3:4]}"
-        if words[:2] == ["iam", "service-accounts"] and words[2] in (
-            "get-iam-policy",
-            "set-iam-policy",
-            "describe",
-            "delete",
-        ):
-            if words[3] not in self.google_accounts:
-                return 1, "", missing
-            if words[2] == "describe":
-                return 0, json.dumps({"email": words[3]}), ""
-            if words[2] == "delete":
-                self.mutations.append(argv)
-                del self.google_accounts[words[3]]
-                return 0, "", f"deleted service account [{words[3]}]"
-            if words[2] == "set-iam-policy":
-                self.mutations.append(argv)
-                policy = {**json.loads(Path(words[4]).read_text()), "etag": "BwYB"}
-                self.google_accounts[words[3]] = policy
-            return 0, json.dumps(self.google_accounts[words[3]]), ""
-        if words[:2] == ["projects", "get-iam-policy"]:
-            return 0, json.dumps(self.project_policy), ""
-        if words[:2] == ["projects", "set-iam-policy"]:
-            self.mutations.append(argv)
-            self.project_policy = {**json.loads(Path(words[3]).read_text()), "etag": "BwYB"}
-            return 0, json.dumps(self.project_policy), ""
-        if words[:3] == ["secrets", "versions", "describe"]:
-            return 0, json.dumps({"name": self.secret_version, "state": "ENABLED"}), ""
-        if words[:3] == ["secrets", "versions", "access"]:
-            return 0, PASSWORD, ""
-        self.problems.append(f"unexpected gcloud call: {argv}")
-        return 2, "", "ERROR: not faked"
-
-    def kubectl(self, argv: list[str]) -> tuple[int, str, str]:  # noqa: PLR0911, PLR0912 - a branch per command
-        ns = flag(argv, "--namespace")
-        words = [a for a in argv[1:] if not a.startswith("--")]
-        if words[:2] == ["get", "namespace"]:
-            if words[2] not in self.namespaces:
-                return 1, "", f'Error from server (NotFound): namespaces "{words[2]}" not found'
-            metadata = {"name": words[2], "labels": self.namespaces[words[2]]}
-            return 0, json.dumps({"kind": "Namespace", "metadata": metadata}), ""
-        if words[:2] == ["get", "pods"]:
-            found = [p for p in self.pods if p["metadata"]["namespace"] == ns]
-            return 0, json.dumps({"kind": "List", "items": found}), ""
-        if words[:1] == ["delete"] and words[1] in ("secret", "serviceaccount"):
-            self.mutations.append(argv)
-            if "--ignore-not-found" not in argv:
-                self.problems.append(f"a delete that fails when already gone: {argv}")
-            store = self.secrets if words[1] == "secret" else self.service_accounts
-            store.pop((ns or "default", words[2]), None)
-            return 0, f"{words[1]} {words[2]} deleted", ""
-        if words[:2] == ["get", "secret"]:
-            wanted = argv[argv.index("-o") + 1] if "-o" in argv else "yaml"
-            if not wanted.startswith("jsonpath={.metadata."):
-                self.problems.append(f"a Secret was read beyond its metadata: {argv}")
-            secret = self.secrets.get((ns or "default", words[2]))
-            if secret is None:
-                return 1, "", f'Error from server (NotFound): secrets "{words[2]}" not found'
-            if wanted == "jsonpath={.metadata.name}":
-                return 0, secret["metadata"]["name"], ""
-            key = wanted.removeprefix("jsonpath={.metadata.annotations.").removesuffix("}")
-            return 0, secret["metadata"].get("annotations", {}).get(key, ""), ""
-        if words[:2] == ["get", "serviceaccount"]:
-            account = self.service_accounts.get((ns or "default", words[2]))
-            if account is None:
-                missing = f'serviceaccounts "{words[2]}" not found'
-                return 1, "", f"Error from server (NotFound): {missing}"
-            return 0, json.dumps(account), ""
-        if words[:2] == ["get", "statefulset"]:
-            stateful_set = self.stateful_sets.get((ns or "default", words[2]))
-            if stateful_set is None:
-                missing = f'statefulsets.apps "{words[2]}" not found'
-                return 1, "", f"Error from server (NotFound): {missing}"
-            return 0, json.dumps(stateful_set), ""
-        if words[:2] == ["delete", "statefulset"]:
-            self.mutations.append(argv)
-            self.stateful_sets.pop((ns or "default", words[2]), None)
-            return 0, f'statefulset.apps "{words[2]}" deleted', ""
-        if words[:1] in (["apply"], ["create"]) and argv[-2:] == ["-f", "-"]:
-            self.mutations.append(argv)
-            return 0, "configured", ""
-        self.problems.append(f"unexpected kubectl call: {argv}")
-        return 1, "", "error: not faked"
-
-    def helm(self, argv: list[str]) -> tuple[int, str, str]:  # noqa: PLR0911 - a branch per command
-        words = [a for a in argv[1:] if not a.startswith("--")]
-        ns = flag(argv, "--namespace")
-        if words[0] == "list":
-            pattern = flag(argv, "--filter")
-            found = [
-                {
-                    "name": r.name,
-                    "namespace": r.namespace,
-                    "revision": str(r.revision),
-                    "status": r.status,
-                    "chart": r.chart,
-                }
-                for r in self.releases.values()
-                if ("--all-namespaces" in argv or r.namespace == ns)
-                and (pattern is None or re.search(pattern, r.name))
-            ]
-            return 0, json.dumps(found), ""
-        if words[:2] == ["get", "values"]:
-            release = self.releases.get((ns or "", words[2]))
-            if release is None:
-                return 1, "", "Error: release: not found"
-            return 0, json.dumps(release.values or None), ""
-        if words[:1] == ["upgrade"] and argv[3] == "--install":
-            self.mutations.append(argv)
-            name, chart = words[1], words[2]
-            repo = flag(argv, "--repo")
-            if repo:
-                label = f"{chart}-{flag(argv, '--version')}"
-            else:
-                meta = yaml.safe_load((Path(chart) / "Chart.yaml").read_text())
-                label = f"{meta['name']}-{meta['version']}"
-            assert ns is not None
-            if ns not in self.namespaces:
-                if "--create-namespace" not in argv:
-                    return 1, "", f'Error: create: namespaces "{ns}" not found'
-                self.problems.append(f"helm had to create namespace {ns} (no Pod Security labels)")
-                self.namespaces[ns] = {}
-            old = self.releases.get((ns, name))
-            if name in self.fail:
-                self.releases[(ns, name)] = HelmRelease(name, ns, label, {}, status="failed")
-                return 1, "", "Error: INSTALLATION FAILED: context deadline exceeded"
-            self.releases[(ns, name)] = HelmRelease(
-                name, ns, label, helm_user_values(argv), revision=old.revision + 1 if old else 1
-            )
-            return 0, f'Release "{name}" has been upgraded. Happy Helming!', ""
-        if words[:1] == ["uninstall"]:
-            self.mutations.append(argv)
-            if self.releases.pop((ns or "", words[1]), None) is None:
-                return (
-                    1,
-                    "",
-                    f"Error: uninstall: Release not loaded: {words[1]}: release: not found",
-                )
-            return 0, f'release "{words[1]}" uninstalled', ""
-        self.problems.append(f"unexpected helm call: {argv}")
-        return 1, "", "Error: not faked"
-
-    # -- views for the tests -------------------------------------------------------------
-
-    def release_names(self) -> set[str]:
-        return {name for _, name in self.releases}
-
-    def wi_members(self, email: str) -> set[str]:
-        return {
-            member
-            for binding in self.google_accounts[email]["bindings"]
-            if binding["role"] == "roles/iam.workloadIdentityUser"
-            for member in binding["members"]
-        }
-
-    def upgraded_from_the_single_account_shape(self) -> None:
-        """What today's version leaves: one Google account and KSA, the DB Secret by the steps."""
-        self.google_accounts[LEGACY_GSA] = {
-            "etag": "BwYA",
-            "bindings": [
-                {
-                    "role": "roles/iam.workloadIdentityUser",
-                    "members": [f"serviceAccount:{POOL}[metaflow/metaflow]"],
-                }
-            ],
-        }
-        self.project_policy["bindings"] = [
-            {"role": "roles/cloudsql.client", "members": [f"serviceAccount:{LEGACY_GSA}"]},
-            {"role": "roles/logging.logWriter", "members": ["serviceAccount:nodes@x"]},
-        ]
-        self.namespaces["metaflow"] = {"kubernetes.io/metadata.name": "metaflow"}
-        self.secrets[("metaflow", "metaflow-db")] = {
-            "metadata": {"name": "metaflow-db", "namespace": "metaflow", "annotations": {}}
-        }
-        self.service_accounts[("metaflow", "metaflow")] = {
-            "metadata": {"name": "metaflow", "namespace": "metaflow"}
-        }
-
-
-@dataclass
-class Run:
-    """One services.up: the stack, what it printed, and every (argv, stdin) it handed the runner."""
-
-    stack: Stack
-    out: StringIO
-    calls: list[tuple[list[str], str | None]] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return self.out.getvalue()
-
-    def argvs(self) -> list[list[str]]:
-        return [argv for argv, _ in self.calls]
-
-    def index(self, *needle: str) -> int:
-        """Position of the first command containing every `needle` word, in call order."""
-        for i, argv in enumerate(self.argvs()):
-            if all(n in argv for n in needle):
-                return i
-        raise AssertionError(f"no command with {needle}: {self.argvs()}")
-
-    def applied(self, kind: str, name: str) -> int:
-        """Position of the `kubectl apply -f -` that handed over this object on stdin."""
-        for i, (_, stdin) in enumerate(self.calls):
-            if stdin and (m := json.loads(stdin))["kind"] == kind and m["metadata"]["name"] == name:
-                return i
-        raise AssertionError(f"{kind}/{name} was never applied")
-
-    def mutating(self) -> list[str]:
-        return [r.command for r in self.stack.runner.history if r.mutating]
-
-
-# ---------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(autouse=True)
-def _private_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test writes a Metaflow config or a log into the real home."""
-    monkeypatch.setenv("METAFLOW_HOME", str(tmp_path / "metaflowconfig"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.delenv("METAFLOW_PROFILE", raising=False)
-
-
-@pytest.fixture
-def tools(tmp_path: Path) -> dict[str, str]:
-    """PATH with gcloud, kubectl and helm (never run: pytest-subprocess answers) and a kubeconfig."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("gcloud", "kubectl", "helm"):
-        path = bin_dir / tool
-        path.write_text("#!/bin/sh\nexit 99\n")
-        path.chmod(0o755)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({"contexts": [{"name": CONTEXT, "context": {}}]}))
-    return {"PATH": str(bin_dir), "KUBECONFIG": str(kubeconfig)}
-
-
-@pytest.fixture
-def cluster(fp: FakeProcess) -> Iterator[FakeCluster]:
-    fake = FakeCluster()
-    fake.install(fp)
-    yield fake
-    assert fake.problems == []
-
-
-@pytest.fixture
-def state() -> FakeState:
-    return FakeState(
-        {
-            "db_generation": 2,
-            "infra": {
-                "converged": "f00d",
-                "sql_user_ready": "mf-dev-pg-2",
-                "project_number": "123456",
-            },
-            "lock": None,
-        }
-    )
-
-
-class Up:
-    """Calls services.up with the given switches against the fake cluster and state.
-
-    `last` keeps the latest run, also when services.up raised, so its output can be read.
-    """
-
-    def __init__(self, tools: dict[str, str], state: FakeState) -> None:
-        self.tools, self.state = tools, state
-        self.last: Run | None = None
-
-    def __call__(
-        self,
-        *,
-        argo: bool = True,
-        airflow: bool = False,
-        jobset: bool = False,
-        yes: bool = False,
-        **kw: Any,
-    ) -> Run:
-        """Airflow and JobSet: tests/unit/test_airflow_services.py."""
-        out = StringIO()
-        stack = open_stack(
-            {**SETTINGS, "deploy_argo": argo, "deploy_airflow": airflow, "deploy_jobset": jobset},
-            yes=yes,
-            env=self.tools,
-            console=Console(file=out, width=400, color_system=None),
-        )
-        stack.state = self.state  # type: ignore[assignment]
-        result = self.last = Run(stack, out)
-        real = stack.runner.run
-
-        def spy(argv: Any, **kwargs: Any) -> Any:
-            result.calls.append(([str(a) for a in argv], kwargs.get("stdin")))
-            return real(argv, **kwargs)
-
-        stack.runner.run = spy  # type: ignore[method-assign]
-        for name, value in kw.items():
-            setattr(stack, name, value)
-        services.up(stack)
-        return result
-
-
-@pytest.fixture
-def up(tools: dict[str, str], state: FakeState) -> Up:
-    return Up(tools, state)
-
-
-def helm_upgrade(run: Run, release: str) -> list[str]:
-    return run.argvs()[run.index("upgrade", "--install", release)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,7 +58,7 @@ def helm_upgrade(run: Run, release: str) -> list[str]:
 
 
 def test_a_first_run_binds_identity_then_secret_then_metaflow_then_argo_then_events(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     run = up(argo=True, airflow=False)
 
@@ -545,7 +90,9 @@ def test_a_first_run_binds_identity_then_secret_then_metaflow_then_argo_then_eve
     assert "services.up finished" in run.output
 
 
-def test_every_kubectl_and_helm_call_names_the_stack_context(cluster: FakeCluster, up: Up) -> None:
+def test_every_kubectl_and_helm_call_names_the_stack_context(
+    cluster: FakeCluster, up: ServicesUp
+) -> None:
     run = up(argo=True)
 
     for argv in run.argvs():
@@ -556,7 +103,7 @@ def test_every_kubectl_and_helm_call_names_the_stack_context(cluster: FakeCluste
 
 
 def test_upstream_charts_come_from_the_pinned_repo_and_version_with_their_values_file(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     run = up(argo=True)
 
@@ -574,7 +121,7 @@ def test_upstream_charts_come_from_the_pinned_repo_and_version_with_their_values
 
 
 def test_the_metaflow_release_gets_the_stack_values_and_the_sql_generation_from_state(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     run = up(argo=True)
 
@@ -600,7 +147,7 @@ def test_the_metaflow_release_gets_the_stack_values_and_the_sql_generation_from_
 
 
 def test_the_db_password_travels_only_on_stdin_of_kubectl_apply(
-    cluster: FakeCluster, up: Up, caplog: pytest.LogCaptureFixture
+    cluster: FakeCluster, up: ServicesUp, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG", logger="metaflow_gcp")
     run = up(argo=True)
@@ -632,7 +179,7 @@ def test_the_db_password_travels_only_on_stdin_of_kubectl_apply(
 
 
 def test_a_second_run_against_the_same_cluster_changes_nothing(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     up(argo=True)
     before = len(cluster.mutations)
@@ -648,7 +195,9 @@ def test_a_second_run_against_the_same_cluster_changes_nothing(
     assert "everything was already in place" in again.output
 
 
-def test_a_new_password_version_rewrites_only_the_secret(cluster: FakeCluster, up: Up) -> None:
+def test_a_new_password_version_rewrites_only_the_secret(
+    cluster: FakeCluster, up: ServicesUp
+) -> None:
     up(argo=True)
     cluster.secret_version = SECRET_V3.replace("versions/3", "versions/4")
 
@@ -660,7 +209,7 @@ def test_a_new_password_version_rewrites_only_the_secret(cluster: FakeCluster, u
 
 
 def test_an_edited_local_chart_is_upgraded_even_with_the_same_version(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     up(argo=True)
     state.doc["services"]["charts"]["metaflow"] = "0ld-checksum"  # recorded before an edit
@@ -675,7 +224,7 @@ def test_an_edited_local_chart_is_upgraded_even_with_the_same_version(
 
 
 def test_changed_values_upgrade_that_release_only(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     up(argo=True)
     state.doc["db_generation"] = 3  # infra.up moved to a new SQL instance
@@ -695,7 +244,7 @@ PSA = "pod-security.kubernetes.io"
 
 
 def test_every_namespace_is_labelled_for_pod_security_before_anything_lands_in_it(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     run = up(argo=True)  # airflow's namespace: tests/unit/test_airflow_services.py
 
@@ -715,7 +264,7 @@ def test_every_namespace_is_labelled_for_pod_security_before_anything_lands_in_i
 
 
 def test_an_existing_namespace_gets_its_labels_and_keeps_its_own(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.namespaces["metaflow"] = {"team": "ml", f"{PSA}/enforce": "privileged"}
 
@@ -728,7 +277,7 @@ def test_an_existing_namespace_gets_its_labels_and_keeps_its_own(
 
 
 def test_each_google_account_is_bound_to_its_own_kubernetes_account_only(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     up(argo=True)  # Airflow's accounts: tests/unit/test_airflow_services.py
 
@@ -750,7 +299,7 @@ def test_two_stacks_in_one_project_share_no_workload_identity_member(
 
 
 def test_an_upgrade_moves_the_services_then_removes_the_old_secret_account_and_google_account(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.upgraded_from_the_single_account_shape()
 
@@ -775,7 +324,7 @@ def test_an_upgrade_moves_the_services_then_removes_the_old_secret_account_and_g
 
 
 def test_an_upgraded_stack_converges_and_a_re_run_changes_nothing(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.upgraded_from_the_single_account_shape()
     up(argo=True)
@@ -786,7 +335,7 @@ def test_an_upgraded_stack_converges_and_a_re_run_changes_nothing(
 
 
 def test_the_old_account_stays_while_a_pod_still_runs_as_it_and_goes_on_the_next_run(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.upgraded_from_the_single_account_shape()
     cluster.pods = [
@@ -806,7 +355,9 @@ def test_the_old_account_stays_while_a_pod_still_runs_as_it_and_goes_on_the_next
     assert ("metaflow", "metaflow") not in cluster.service_accounts
 
 
-def test_argo_workflows_defaults_to_this_stacks_steps_account(cluster: FakeCluster, up: Up) -> None:
+def test_argo_workflows_defaults_to_this_stacks_steps_account(
+    cluster: FakeCluster, up: ServicesUp
+) -> None:
     run = up(argo=True)
 
     argv = helm_upgrade(run, "argo-workflows")
@@ -819,7 +370,7 @@ def test_argo_workflows_defaults_to_this_stacks_steps_account(cluster: FakeClust
 
 
 def test_the_config_carries_the_secrets_prefix_from_the_recorded_project_number(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     up(argo=True)
 
@@ -833,7 +384,7 @@ def test_the_config_carries_the_secrets_prefix_from_the_recorded_project_number(
 
 
 def test_a_failed_release_is_named_on_one_line_and_the_independent_ones_finish(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     cluster.fail = {"argo-events"}
 
@@ -849,27 +400,25 @@ def test_the_failure_summary_is_one_line_per_failed_release(
     cluster: FakeCluster, tools: dict[str, str], state: FakeState
 ) -> None:
     cluster.fail = {"argo-events"}
-    out = StringIO()
+    console = CapturedConsole(width=400)
     stack = open_stack(
-        {**SETTINGS, "deploy_argo": True, "deploy_jobset": False},
-        env=tools,
-        console=Console(file=out, width=400, color_system=None),
+        {**SETTINGS, "deploy_argo": True, "deploy_jobset": False}, env=tools, console=console
     )
     stack.state = state  # type: ignore[assignment]
 
     with pytest.raises(StackError):
         services.up(stack)
 
-    crosses = [line for line in out.getvalue().splitlines() if line.startswith("✘")]
+    crosses = [line for line in console.text.splitlines() if line.startswith("✘")]
     assert crosses == [
         "✘ release argo-events (argo-events) 2.4.22 failed: helm failed: Error: INSTALLATION "
         "FAILED: context deadline exceeded"
     ]
-    assert "not started (they need what failed): release metaflow-argo-events" in out.getvalue()
+    assert "not started (they need what failed): release metaflow-argo-events" in console.text
 
 
 def test_a_release_stuck_in_pending_upgrade_says_how_to_unstick_it(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.releases[("argo", "argo-workflows")] = HelmRelease(
         "argo-workflows", "argo", "argo-workflows-0.45.20", {}, status="pending-upgrade"
@@ -889,7 +438,7 @@ def test_a_release_stuck_in_pending_upgrade_says_how_to_unstick_it(
 
 
 def test_a_lock_held_by_someone_else_stops_before_any_change(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     state.doc["lock"] = {"id": "x", "holder": "ana@laptop", "since": "09:00", "task": "infra.up"}
 
@@ -904,9 +453,7 @@ def test_a_missing_kube_context_is_one_line_with_the_fix(
 ) -> None:
     empty = tmp_path / "empty-kubeconfig"
     empty.write_text("contexts: []\n")
-    stack = open_stack(
-        SETTINGS, env={**tools, "KUBECONFIG": str(empty)}, console=Console(file=StringIO())
-    )
+    stack = open_stack(SETTINGS, env={**tools, "KUBECONFIG": str(empty)}, console=CapturedConsole())
     stack.state = state  # type: ignore[assignment]
 
     with pytest.raises(StackError, match="gcloud container clusters get-credentials mf-dev"):
@@ -916,7 +463,7 @@ def test_a_missing_kube_context_is_one_line_with_the_fix(
 
 
 def test_a_stack_without_infra_is_refused_and_the_lock_released(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     del state.doc["infra"]
 
@@ -930,7 +477,7 @@ def test_a_stack_without_infra_is_refused_and_the_lock_released(
 # Switching components on and off
 
 
-def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up) -> None:
+def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: ServicesUp) -> None:
     run = up(argo=True, airflow=False)
 
     assert "airflow" not in cluster.release_names()
@@ -940,7 +487,7 @@ def test_argo_without_airflow_never_touches_airflow(cluster: FakeCluster, up: Up
 
 
 def test_switching_argo_off_removes_the_event_objects_before_argo_events(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     up(argo=True)
 
@@ -952,7 +499,7 @@ def test_switching_argo_off_removes_the_event_objects_before_argo_events(
 
 
 def test_a_release_uninstalled_with_kept_history_counts_as_absent(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.releases[("airflow", "airflow")] = HelmRelease(
         "airflow", "airflow", "airflow-1.15.0", {}, status="uninstalled"
@@ -964,7 +511,7 @@ def test_a_release_uninstalled_with_kept_history_counts_as_absent(
 
 
 def test_switching_off_without_a_terminal_or_yes_refuses_in_one_line(
-    cluster: FakeCluster, up: Up, state: FakeState
+    cluster: FakeCluster, up: ServicesUp, state: FakeState
 ) -> None:
     up(argo=True)
     cluster.mutations.clear()
@@ -982,7 +529,7 @@ def test_switching_off_without_a_terminal_or_yes_refuses_in_one_line(
 
 
 def test_declining_the_removal_changes_nothing(
-    cluster: FakeCluster, up: Up, monkeypatch: pytest.MonkeyPatch
+    cluster: FakeCluster, up: ServicesUp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     up(argo=True)
     cluster.mutations.clear()
@@ -1011,18 +558,18 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
             return False
 
     monkeypatch.setattr("sys.stdin", NoStdin())
-    out = StringIO()
+    console = CapturedConsole(width=500)
     stack = open_stack(
         {**SETTINGS, "deploy_argo": True, "deploy_airflow": False, "deploy_jobset": False},
         dry_run=True,
         env={"PATH": str(tmp_path / "nothing-here")},
-        console=Console(file=out, width=500, color_system=None),
+        console=console,
     )
 
     services.up(stack)
 
     assert len(fp.calls) == 0
-    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("$")]
+    lines = [line.strip() for line in console.text.splitlines() if line.strip().startswith("$")]
     order = [
         f"gcloud iam service-accounts set-iam-policy {SERVICES_GSA}",
         f"gcloud iam service-accounts set-iam-policy {STEPS_GSA}",
@@ -1040,7 +587,7 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
     positions = [next(i for i, line in enumerate(lines) if part in line) for part in order]
     assert positions == sorted(positions)
     assert not any("airflow" in line for line in lines)
-    assert "would write" in out.getvalue()
+    assert "would write" in console.text
     assert not (tmp_path / "metaflowconfig").exists()
 
 

@@ -5,23 +5,19 @@ volumeClaimTemplates; Kubernetes refuses that change on a StatefulSet, so the Ar
 controller's update fails until the StatefulSet is deleted and made again.
 """
 
-# The fake cluster and its fixtures are test_services.py's; pytest finds fixtures by the
-# argument names, which therefore repeat the imported names.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 from typing import Any
 
 from metaflow_gcp import services
-from tests.unit.test_services import (  # noqa: F401 - fixtures, used by name
-    FakeCluster,
-    Up,
-    _private_homes,
-    cluster,
-    state,
-    tools,
-    up,
+from tests.support.cluster import FakeCluster
+from tests.support.services_up import (  # noqa: F401 - fixtures, found by pytest by name
+    ServicesUp,
+    cluster_fixture,
+    private_homes_fixture,
+    state_fixture,
+    tools_fixture,
+    up_fixture,
 )
 
 BUS = ("metaflow", services.EVENT_BUS_STATEFULSET)
@@ -39,7 +35,7 @@ def test_the_statefulset_is_the_one_the_controller_makes_for_the_default_bus() -
 
 
 def test_an_event_bus_made_without_disks_is_recreated_after_the_chart_asks_for_them(
-    cluster: FakeCluster, up: Up
+    cluster: FakeCluster, up: ServicesUp
 ) -> None:
     cluster.stateful_sets[BUS] = nats(disks=False)
 
@@ -53,7 +49,9 @@ def test_an_event_bus_made_without_disks_is_recreated_after_the_chart_asks_for_t
     assert "EventBus default on persistent disks" in run.output
 
 
-def test_an_event_bus_on_disks_and_a_new_stack_are_left_alone(cluster: FakeCluster, up: Up) -> None:
+def test_an_event_bus_on_disks_and_a_new_stack_are_left_alone(
+    cluster: FakeCluster, up: ServicesUp
+) -> None:
     up(argo=True)  # a new stack: the controller has made nothing yet
     cluster.stateful_sets[BUS] = nats(disks=True)
     up(argo=True)
@@ -62,7 +60,7 @@ def test_an_event_bus_on_disks_and_a_new_stack_are_left_alone(cluster: FakeClust
     assert BUS in cluster.stateful_sets
 
 
-def test_without_argo_the_event_bus_is_not_looked_at(cluster: FakeCluster, up: Up) -> None:
+def test_without_argo_the_event_bus_is_not_looked_at(cluster: FakeCluster, up: ServicesUp) -> None:
     cluster.stateful_sets[BUS] = nats(disks=False)
 
     run = up(argo=False)

@@ -9,29 +9,25 @@ helm is played by pytest-subprocess; which tools exist is decided by a PATH of s
 from __future__ import annotations
 
 import json
-from io import StringIO
 from pathlib import Path
 
 import pytest
-import yaml
 from pytest_subprocess import FakeProcess
-from rich.console import Console
 
 from metaflow_gcp import teardown
 from metaflow_gcp.app import Stack, open_stack
 from metaflow_gcp.graph import Outcome, Report, Step, run_steps
+from tests.support.cluster import commands, helm_call, kubectl_call, machine
+from tests.support.console import CapturedConsole, printed
+from tests.support.stack import CONTEXT, SETTINGS
 
-SETTINGS = {"org_prefix": "acme", "project": "acme-ml-prod", "stack": "dev"}
-CONTEXT = "gke_acme-ml-prod_us-west2-a_mf-dev"
 ENDPOINT = "34.1.2.3"
 DESCRIBE = ["gcloud", "container", "clusters", "describe", "mf-dev", FakeProcess.any()]
-HELM_LIST = ["helm", f"--kube-context={CONTEXT}", "list", FakeProcess.any()]
-GET_NAMESPACES = ["kubectl", f"--context={CONTEXT}", "get", "namespaces", FakeProcess.any()]
-GET_LEGACY_CLAIM = ["kubectl", f"--context={CONTEXT}", "--namespace=airflow", "get",
-                    "persistentvolumeclaim",
-                    "data-airflow-postgresql-0", FakeProcess.any()]
-GET_VOLUME = ["kubectl", f"--context={CONTEXT}", "get", "persistentvolume", "pvc-123",
-              FakeProcess.any()]
+HELM_LIST = helm_call("list", FakeProcess.any())
+GET_NAMESPACES = kubectl_call("get", "namespaces", FakeProcess.any())
+GET_LEGACY_CLAIM = kubectl_call("get", "persistentvolumeclaim", "data-airflow-postgresql-0",
+                                FakeProcess.any(), namespace="airflow")
+GET_VOLUME = kubectl_call("get", "persistentvolume", "pvc-123", FakeProcess.any())
 NO_SUCH_CLAIM = 'Error from server (NotFound): persistentvolumeclaims "data-airflow-postgresql-0"' \
     " not found\n"
 
@@ -44,31 +40,13 @@ def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def make_stack(
     tmp_path: Path, *, tools: tuple[str, ...], context: bool = True, server: str = ENDPOINT
 ) -> Stack:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for tool in tools:  # never run: pytest-subprocess answers
-        (bin_dir / tool).write_text("#!/bin/sh\nexit 99\n")
-        (bin_dir / tool).chmod(0o755)
-    kubeconfig = tmp_path / "kubeconfig"
-    config: dict[str, object] = {"contexts": [], "clusters": []}
-    if context:
-        config = {
-            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT}}],
-            "clusters": [{"name": CONTEXT, "cluster": {"server": f"https://{server}"}}],
-        }
-    kubeconfig.write_text(yaml.safe_dump(config))
     return open_stack(
         SETTINGS,
         yes=True,
-        env={"PATH": str(bin_dir), "KUBECONFIG": str(kubeconfig)},
-        console=Console(file=StringIO(), width=300, color_system=None),
+        env=machine(tmp_path, tools, context=CONTEXT if context else None,
+                    server=f"https://{server}"),
+        console=CapturedConsole(width=300),
     )
-
-
-def output(stack: Stack) -> str:
-    file = stack.console.file
-    assert isinstance(file, StringIO)
-    return file.getvalue()
 
 
 def only_releases(stack: Stack) -> Report:
@@ -99,10 +77,6 @@ def cluster_is_running(fp: FakeProcess) -> None:
 
 def namespaces(*names: str) -> str:
     return json.dumps({"items": [{"metadata": {"name": n}} for n in names]})
-
-
-def commands(fp: FakeProcess, program: str) -> list[list[str]]:
-    return [[str(a) for a in call] for call in fp.calls if str(call[0]) == program]
 
 
 def test_helm_uninstalls_our_releases_then_our_namespaces_go(
@@ -221,7 +195,7 @@ def test_an_unreachable_cluster_is_skipped_with_a_word_about_its_disks(
 
     assert report.outcomes()["releases"] is Outcome.SKIPPED
     assert "gcloud compute disks list --filter=name~^pvc- --project=acme-ml-prod" in (
-        output(stack).replace("\n", "")
+        printed(stack.console).replace("\n", "")
     )
 
 
