@@ -4,7 +4,7 @@ a deleted cluster, and keep costing money where nobody looks for them."""
 from __future__ import annotations
 
 from metaflow_gcp.app import Stack
-from metaflow_gcp.errors import CommandError, MissingTool, NotAuthenticated, StackError
+from metaflow_gcp.errors import CommandTimeout, MissingTool, StackError, Unreachable
 from metaflow_gcp.gcp import gke
 from metaflow_gcp.graph import Outcome, StepRun
 from metaflow_gcp.kube import Helm, Kubectl
@@ -43,9 +43,9 @@ def empty(stack: Stack, run: StepRun, *, delete_data: bool) -> Outcome:
         found = kubectl.read(
             "get", "namespaces", dry={"items": [{"metadata": {"name": ns}} for ns in NAMESPACES]}
         )
-    except NotAuthenticated:
-        raise  # e.g. no gke-gcloud-auth-plugin: fixable here, so stop before the cluster
-    except CommandError as error:
+    except (Unreachable, CommandTimeout) as error:
+        # Only silence is passed over; a refusal (Forbidden, a missing auth plugin) or an
+        # error we cannot name stops here, before the cluster is deleted with its disks.
         stack.console.print(
             f"[yellow]![/] the cluster did not answer ({error.one_line()}); going on. "
             "Disks of its volumes may outlive it: `gcloud compute disks list "

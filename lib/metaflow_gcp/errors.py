@@ -125,6 +125,10 @@ class InUse(CommandError):
     kind = "still in use"
 
 
+class Unreachable(CommandError):
+    """The cluster did not answer at all (no route, refused, timed out): not a refusal."""
+
+
 class NotYetPropagated(InvalidArgument):
     """A service account made moments ago is not visible to every API yet."""
 
@@ -279,8 +283,12 @@ _KUBE_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
     (re.compile(r"\(AlreadyExists\)|already exists", re.IGNORECASE), AlreadyExists, ""),
     (re.compile(r"\(Forbidden\)|forbidden", re.IGNORECASE), PermissionDenied, ""),
     (
-        re.compile(r"Unable to connect to the server|connection refused|no such host", re.I),
-        CommandError,
+        re.compile(
+            r"Unable to connect to the server|connection refused|no such host|"
+            r"cluster unreachable|i/o timeout|TLS handshake timeout|no route to host",
+            re.IGNORECASE,
+        ),
+        Unreachable,
         "is the cluster up and are its credentials fetched? (`inv infra.up` fetches them)",
     ),
 ]

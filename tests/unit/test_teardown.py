@@ -216,6 +216,28 @@ def test_a_missing_auth_plugin_stops_teardown_instead_of_skipping(
     assert report.outcomes()["gke"] is None
 
 
+def test_a_cluster_that_refuses_to_be_read_stops_teardown_before_it_is_deleted(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    """Only silence is passed over: a refusal would leave the disks behind unannounced."""
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    fp.register(HELM_LIST, stdout="[]")
+    fp.register(
+        GET_NAMESPACES,
+        returncode=1,
+        stderr='Error from server (Forbidden): namespaces is forbidden: User "ops@example.com" '
+        'cannot list resource "namespaces" in API group "" at the cluster scope\n',
+    )
+
+    report = empty_then_delete(stack)
+
+    assert report.failed and report.failed[0].step.name == "releases"
+    assert "forbidden" in str(report.failed[0].error).lower()
+    assert report.outcomes()["gke"] is None
+    assert not fp.call_count(["gcloud", "container", "clusters", "delete", FakeProcess.any()])
+
+
 def test_a_cluster_that_is_gone_is_not_contacted(fp: FakeProcess, tmp_path: Path) -> None:
     stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
     fp.register(
