@@ -48,6 +48,7 @@ from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun,
 from metaflow_gcp.kube import Helm, Kubectl
 from metaflow_gcp.kube_names import JOBSET_NS, Accounts
 from metaflow_gcp.lifecycle import TaskRun
+from metaflow_gcp.shell import Result
 from metaflow_gcp.state import Doc, db_generation, now
 
 # Namespaces and names the charts and values files rely on (charts/README.md).
@@ -510,34 +511,27 @@ class ServicesRun:
         Asks for that annotation alone, so neither the data nor an annotation that may
         mirror it (kubectl's last-applied-configuration) is ever read.
         """
+        result = self._secret_field(namespace, name, f".metadata.annotations.{key}")
+        return None if result is None or result.dry_run else result.stdout.strip()
+
+    def secret_exists(self, namespace: str, name: str) -> bool:
+        result = self._secret_field(namespace, name, ".metadata.name")
+        return result is not None and not result.dry_run and result.stdout.strip() == name
+
+    def _secret_field(self, namespace: str, name: str, path: str) -> Result | None:
+        """One field of a Secret through jsonpath (never its data); None if there is none."""
         try:
-            result = self.kubectl.run(
+            return self.kubectl.run(
                 "get",
                 "secret",
                 name,
                 "-o",
-                f"jsonpath={{.metadata.annotations.{key}}}",
+                f"jsonpath={{{path}}}",
                 namespace=namespace,
                 mutating=False,
             )
         except NotFound:
             return None
-        return None if result.dry_run else result.stdout.strip()
-
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        try:
-            result = self.kubectl.run(
-                "get",
-                "secret",
-                name,
-                "-o",
-                "jsonpath={.metadata.name}",
-                namespace=namespace,
-                mutating=False,
-            )
-        except NotFound:
-            return False
-        return not result.dry_run and result.stdout.strip() == name
 
     def secret_manager_version(self) -> str:
         """The full name of the password's latest version ('' if it has none yet)."""

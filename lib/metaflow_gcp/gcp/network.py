@@ -233,21 +233,9 @@ def remove_peering(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
         return Outcome.GONE
     run.before_removal(f"delete private services access on {n.network}")
     run.note("removing the network's peering with Service Networking")
-    try:
-        gcloud.mutate(
-            "compute",
-            "networks",
-            "peerings",
-            "delete",
-            PEERING,
-            f"--network={n.network}",
-            "--quiet",
-            fmt=None,
-            timeout=900,
-        )
-    except NotFound:
-        return Outcome.GONE
-    return Outcome.DELETED
+    return _delete_once(
+        gcloud, "compute", "networks", "peerings", "delete", PEERING, f"--network={n.network}"
+    )
 
 
 def remove_psa_range(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
@@ -267,17 +255,13 @@ def remove_router(gcloud: Gcloud, n: Names, run: StepRun) -> Outcome:
     if run.planning and not (gcloud.dry_run or describe_router(gcloud, n)):
         return Outcome.GONE
     run.before_removal(f"delete Cloud Router {n.router} and its NAT {n.nat}")
+    return _delete_once(gcloud, "compute", "routers", "delete", n.router, f"--region={n.region}")
+
+
+def _delete_once(gcloud: Gcloud, *argv: str) -> Outcome:
+    """One delete; "not found" means an earlier run (or someone) got there first."""
     try:
-        gcloud.mutate(
-            "compute",
-            "routers",
-            "delete",
-            n.router,
-            f"--region={n.region}",
-            "--quiet",
-            fmt=None,
-            timeout=900,
-        )
+        gcloud.mutate(*argv, "--quiet", fmt=None, timeout=900)
     except NotFound:
         return Outcome.GONE
     return Outcome.DELETED
