@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from metaflow_gcp import airflow_dags, airflow_db, services
+from metaflow_gcp import airflow_dags, airflow_db, releases, services
 from metaflow_gcp.app import open_stack
 from metaflow_gcp.kube_names import AIRFLOW_NS, Accounts
 from tests.charts.conftest import (
@@ -56,8 +56,8 @@ def airflow() -> Values:
 def stack_values() -> Values:
     """The values services.up hands the chart for stack 'dev' (its real --set-string pairs)."""
     stack = open_stack(SETTINGS)
-    pins = services.load_versions(REPO_ROOT)
-    release = services.releases_for(stack, REPO_ROOT, pins, GENERATION)["metaflow-airflow"]
+    pins = releases.load_versions(REPO_ROOT)
+    release = releases.releases_for(stack, REPO_ROOT, pins, GENERATION)["metaflow-airflow"]
     assert release.namespace == AIRFLOW_NS
     return release.desired_values()
 

@@ -13,7 +13,7 @@ from typing import Any
 import helm_python
 import pytest
 
-from metaflow_gcp import services
+from metaflow_gcp import releases, services
 from metaflow_gcp.kube_names import JOBSET_NS, RELEASES
 from tests.charts.conftest import (
     CHARTS_DIR,
@@ -79,15 +79,15 @@ def test_jobset_is_pinned_to_the_published_oci_chart(versions: dict[str, dict[st
         "version": "0.12.0",
         "appVersion": "v0.12.0",
     }
-    assert services.load_versions(REPO_ROOT)["jobset"] == services.Upstream(
+    assert releases.load_versions(REPO_ROOT)["jobset"] == releases.Upstream(
         pin["repo"], pin["chart"], pin["version"]
     )
 
 
 def test_an_oci_chart_is_installed_by_reference_and_version_without_repo() -> None:
     """helm takes an OCI chart as one reference; --repo is only for index.yaml repositories."""
-    pin = services.load_versions(REPO_ROOT)["jobset"]
-    release = services.Release(
+    pin = releases.load_versions(REPO_ROOT)["jobset"]
+    release = releases.Release(
         "jobset",
         JOBSET_NS,
         pin.chart,

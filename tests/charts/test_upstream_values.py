@@ -22,7 +22,7 @@ import helm_python
 import pytest
 import yaml
 
-from metaflow_gcp import kube_names
+from metaflow_gcp import kube_names, releases
 from tests.charts.conftest import (
     ARGO_EVENTS_CHART,
     VALUES_DIR,
@@ -165,11 +165,10 @@ def test_argo_controller_and_server_are_confined_to_the_metaflow_namespace(
 
 def test_argo_workflow_account_is_the_stacks_steps_account(argo_workflows: Values) -> None:
     """The name carries the stack, so services.py passes it; the file names no account."""
-    from metaflow_gcp import services
     from metaflow_gcp.config import Settings
 
     names = Settings(org_prefix="acme", project="p", stack="blue").names()
-    assert services.argo_workflows_set_string(names) == (
+    assert releases.argo_workflows_set_string(names) == (
         (("controller", "workflowDefaults", "spec", "serviceAccountName"), "mf-blue-steps"),
     )
     assert "serviceAccountName" not in argo_workflows["controller"]["workflowDefaults"]["spec"]
@@ -359,12 +358,11 @@ def pinned_chart(name: str, versions: dict[str, dict[str, str]]) -> Path:
 
 @pytest.fixture(scope="module")
 def argo_wf(versions: dict[str, dict[str, str]]) -> Rendered:
-    from metaflow_gcp import services
     from metaflow_gcp.config import Settings
 
     names = Settings(org_prefix="acme", project="p", stack="blue").names()
     values: Values = load_yaml(VALUES_DIR / "argo-workflows.yaml")
-    for path, text in services.argo_workflows_set_string(names):
+    for path, text in releases.argo_workflows_set_string(names):
         node = values
         for key in path[:-1]:
             node = node.setdefault(key, {})

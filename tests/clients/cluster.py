@@ -1,8 +1,8 @@
 """What `services.up` installs, rendered by the real Helm engine, and questions to ask of it.
 
-The charts are rendered from the releases `services.releases_for` builds (the same values
+The charts are rendered from the releases `releases.releases_for` builds (the same values
 files and `--set` values services.up passes to Helm), so these objects follow the charts
-and services.py wherever they move. Each object is placed in its own `metadata.namespace`
+and releases.py wherever they move. Each object is placed in its own `metadata.namespace`
 or, failing that, the release's namespace, as Helm would install it.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from metaflow_gcp import services
+from metaflow_gcp import releases
 from metaflow_gcp.app import Stack
 from tests.charts.conftest import render_chart
 
@@ -37,10 +37,10 @@ class Placed:
         return str(self.manifest["metadata"]["name"])
 
 
-def release_values(stack: Stack) -> dict[str, services.Release]:
+def release_values(stack: Stack) -> dict[str, releases.Release]:
     """services.up's releases for this stack (generation 0: the first database)."""
-    root = services.repo_root()
-    return services.releases_for(stack, root, services.load_versions(root), 0)
+    root = releases.repo_root()
+    return releases.releases_for(stack, root, releases.load_versions(root), 0)
 
 
 @dataclass(frozen=True)

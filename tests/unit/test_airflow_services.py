@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pytest_subprocess import FakeProcess
 
-from metaflow_gcp import airflow_db, services
+from metaflow_gcp import airflow_db, releases, services
 from metaflow_gcp.app import open_stack
 from metaflow_gcp.config import validate
 from metaflow_gcp.errors import ConfigErrors
@@ -552,8 +552,8 @@ def test_a_dry_run_prints_airflows_database_before_its_secret_its_proxy_and_airf
 
 def test_airflow_comes_from_the_pinned_repo_version_and_values_file() -> None:
     stack = open_stack(SETTINGS)
-    pins = services.load_versions(ROOT)
-    release = services.releases_for(stack, ROOT, pins, 2)["airflow"]
+    pins = releases.load_versions(ROOT)
+    release = releases.releases_for(stack, ROOT, pins, 2)["airflow"]
     argv = release.argv()
     assert argv[2:4] == ["airflow", "airflow"]
     assert flag(argv, "--repo") == "https://airflow.apache.org"

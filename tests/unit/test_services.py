@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pytest_subprocess import FakeProcess
 
-from metaflow_gcp import services
+from metaflow_gcp import releases, services
 from metaflow_gcp.app import open_stack
 from metaflow_gcp.errors import LockHeld, StackError
 from metaflow_gcp.lifecycle import TaskRun
@@ -218,7 +218,7 @@ def test_an_edited_local_chart_is_upgraded_even_with_the_same_version(
 
     assert len(again.mutating()) == 1
     assert " upgrade --install metaflow " in again.mutating()[0]
-    assert state.doc["services"]["charts"]["metaflow"] == services.chart_checksum(
+    assert state.doc["services"]["charts"]["metaflow"] == releases.chart_checksum(
         ROOT / "charts" / "metaflow"
     )
 
@@ -596,13 +596,13 @@ def test_dry_run_prints_every_command_in_order_and_calls_nothing(
 
 
 def test_the_repository_root_is_found_from_the_package() -> None:
-    assert services.repo_root() == ROOT
-    assert services.repo_root(ROOT / "lib" / "metaflow_gcp" / "services.py") == ROOT
+    assert releases.repo_root() == ROOT
+    assert releases.repo_root(ROOT / "lib" / "metaflow_gcp" / "services.py") == ROOT
 
 
 def test_the_repository_root_is_a_clear_error_elsewhere(tmp_path: Path) -> None:
     with pytest.raises(StackError, match="cannot find the charts/ and values/ folders"):
-        services.repo_root(tmp_path / "x.py")
+        releases.repo_root(tmp_path / "x.py")
 
 
 def test_versions_without_an_exact_pin_are_refused(tmp_path: Path) -> None:
@@ -612,20 +612,20 @@ def test_versions_without_an_exact_pin_are_refused(tmp_path: Path) -> None:
         "airflow: {repo: r, chart: c, version: '1'}\n"
     )
     with pytest.raises(StackError, match="'argo-workflows' lacks version"):
-        services.load_versions(tmp_path)
+        releases.load_versions(tmp_path)
 
 
 def test_chart_checksum_changes_with_any_template_edit(tmp_path: Path) -> None:
     chart = tmp_path / "metaflow"
     shutil.copytree(ROOT / "charts" / "metaflow", chart)
-    before = services.chart_checksum(chart)
-    assert services.chart_checksum(chart) == before
+    before = releases.chart_checksum(chart)
+    assert releases.chart_checksum(chart) == before
     (chart / "templates" / "ui.yaml").write_text("# edited\n", encoding="utf-8")
-    assert services.chart_checksum(chart) != before
+    assert releases.chart_checksum(chart) != before
 
 
 def test_set_keys_and_values_are_escaped_the_way_helm_parses_them() -> None:
-    release = services.Release(
+    release = releases.Release(
         "r",
         "ns",
         "chart",
