@@ -1,12 +1,13 @@
 """What each Helm release of the stack is: its chart (ours in charts/, or a pinned upstream
 one from values/versions.yaml), its values file and the stack's values set on top.
 
-services.up installs these; the chart tests render them; nothing here calls anything.
+services.up installs them through `ensure` and `uninstall`; the chart tests render them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +17,9 @@ from typing import Any
 from metaflow_gcp import kube_names
 from metaflow_gcp.app import Stack
 from metaflow_gcp.config import Names
-from metaflow_gcp.errors import StackError
+from metaflow_gcp.errors import NotFound, StackError
+from metaflow_gcp.graph import Outcome, StepRun
+from metaflow_gcp.kube import Helm
 from metaflow_gcp.kube_names import (
     AIRFLOW_NS,
     ARGO_EVENTS_NS,
@@ -270,4 +273,78 @@ def airflow_side(stack: Stack, local: Callable[..., Release], generation: int) -
             (("serviceAccounts", "steps", "name"), accounts.steps),
             (("serviceAccounts", "steps", "gcpServiceAccount"), n.steps_sa),
         ),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Bringing a release to that state
+
+# States in which Helm refuses another upgrade until someone looks.
+_STUCK = {"pending-install", "pending-upgrade", "pending-rollback", "uninstalling"}
+HELM_GRACE = 120.0  # seconds on top of helm's own --timeout before the runner gives up
+
+
+def ensure(helm: Helm, release: Release, run: StepRun, *, files_unchanged: bool) -> Outcome:
+    """`helm upgrade --install` unless it is deployed as wanted already (no churn on re-runs).
+
+    files_unchanged: a local chart's files are those of the last install (a template edit
+    without a version bump counts as a change).
+    """
+    listed = helm.release(release.name, release.namespace)
+    status = str(listed.get("status") or "") if listed else ""
+    if status == "uninstalled":  # kept history only; `upgrade --install` installs it anew
+        listed, status = None, ""
+    if status in _STUCK:
+        raise StackError(_stuck_message(helm.context, release, status))
+    if listed and _up_to_date(helm, release, listed, files_unchanged):
+        return Outcome.KEPT
+    verb = "upgrade" if listed else "install"
+    run.before_change(f"{verb} {release.name} {release.version}")
+    run.note(f"helm {verb}; waits up to {release.timeout_minutes}m for the pods")
+    helm.run(*release.argv(), timeout=release.timeout_minutes * 60 + HELM_GRACE)
+    return Outcome.UPDATED if listed else Outcome.CREATED
+
+
+def uninstall(helm: Helm, name: str, namespace: str, run: StepRun) -> Outcome:
+    run.before_change(f"uninstall {name}")
+    try:
+        helm.run(
+            "uninstall",
+            name,
+            f"--namespace={namespace}",
+            "--timeout=5m",
+            timeout=5 * 60 + HELM_GRACE,
+        )
+    except NotFound:
+        return Outcome.GONE
+    return Outcome.DELETED
+
+
+def _up_to_date(
+    helm: Helm, release: Release, listed: dict[str, Any], files_unchanged: bool
+) -> bool:
+    """Deployed, same chart version, same chart files (local charts), same values."""
+    if listed.get("status") != "deployed" or listed.get("chart") != release.chart_label:
+        return False
+    if release.local and not files_unchanged:
+        return False
+    current = helm.user_values(release.name, release.namespace)
+    return _canonical(current) == _canonical(release.desired_values())
+
+
+def _canonical(values: Any) -> str:
+    return json.dumps(values or {}, sort_keys=True)
+
+
+def _stuck_message(context: str, release: Release, status: str) -> str:
+    helm = f"helm --kube-context={context}"
+    if status == "pending-install":
+        fix = f"`{helm} uninstall {release.name} --namespace={release.namespace}`"
+    elif status == "uninstalling":
+        fix = "wait for the uninstall to finish"
+    else:
+        fix = f"`{helm} rollback {release.name} --namespace={release.namespace}`"
+    return (
+        f"release {release.name} in {release.namespace} is '{status}' (an earlier helm run "
+        f"was interrupted). Fix: {fix}, then run `inv services.up` again"
     )

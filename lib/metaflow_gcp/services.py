@@ -29,24 +29,21 @@ a newer version. Every command goes through the one Runner, so --dry-run prints 
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets as random_source
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaflow_gcp import airflow_db, kube_names, nextsteps
+from metaflow_gcp import airflow_db, cluster_objects, kube_names, nextsteps, releases
 from metaflow_gcp.app import Stack, preflight
-from metaflow_gcp.errors import AlreadyExists, NotFound, StackError
+from metaflow_gcp.errors import NotFound, StackError
 from metaflow_gcp.gcp import iam, secrets
 from metaflow_gcp.graph import GraphRun, Outcome, Report, Status, Step, StepRun, run_steps
 from metaflow_gcp.kube import Helm, Kubectl
 from metaflow_gcp.kube_names import JOBSET_NS, Accounts
 from metaflow_gcp.lifecycle import TaskRun
 from metaflow_gcp.releases import Release, chart_checksum, load_versions, releases_for, repo_root
-from metaflow_gcp.shell import Result
 from metaflow_gcp.state import Doc, db_generation, now
 
 # Namespaces and names the charts and values files rely on (charts/README.md).
@@ -58,33 +55,15 @@ AIRFLOW_NS = kube_names.AIRFLOW_NS
 # Names of Secrets and of their keys (S105: names, not secrets).
 DB_SECRET = "metaflow-db"  # noqa: S105 - charts/metaflow database.passwordSecret
 DB_SECRET_KEY = "password"  # noqa: S105
-# Earlier versions kept the DB Secret in METAFLOW_NS, where user steps run, and ran services
-# and steps as one KSA there; an upgrade removes both once the release has moved off them.
-LEGACY_DB_SECRET_NS = METAFLOW_NS
-LEGACY_KSA = "metaflow"
 AIRFLOW_SECRET = "airflow-webserver-secret"  # noqa: S105 - values/airflow.yaml
 AIRFLOW_SECRET_KEY = "webserver-secret-key"  # noqa: S105
 # Airflow (data.metadataSecretName) reads its database URL from this Secret.
 AIRFLOW_DB_SECRET = airflow_db.CONNECTION_SECRET
-WI_ANNOTATION = "iam.gke.io/gcp-service-account"
-# Which Secret Manager version a Secret was made from. Only `.` (not `-` or `/`) ends a
-# field in kubectl's jsonpath, so this key is read as `{.metadata.annotations.<key>}`.
-VERSION_ANNOTATION = "metaflow-gcp/secret-version"
-MANAGED_LABELS = {"app.kubernetes.io/managed-by": "metaflow-gcp"}
 
 ARGO_RELEASES = kube_names.ARGO_RELEASES
 AIRFLOW_RELEASES = kube_names.AIRFLOW_RELEASES
 JOBSET_RELEASES = kube_names.JOBSET_RELEASES
-# The NATS StatefulSet the Argo Events controller makes for the EventBus ("eventbus-<bus>-js").
-EVENT_BUS_STATEFULSET = f"eventbus-{kube_names.EVENT_BUS}-js"
-
-# States in which Helm refuses another upgrade until someone looks.
-_STUCK = {"pending-install", "pending-upgrade", "pending-rollback", "uninstalling"}
-_HELM_GRACE = 120.0  # seconds on top of helm's own --timeout before the runner gives up
-
-
-def _canonical(values: Any) -> str:
-    return json.dumps(values or {}, sort_keys=True)
+EVENT_BUS_STATEFULSET = cluster_objects.EVENT_BUS_STATEFULSET
 
 
 @dataclass(frozen=True)
@@ -187,11 +166,11 @@ class ServicesRun:
         version = airflow_db.secret_version(self.stack.gcloud, self.stack.names)
         if not version:
             return False
-        made_from = self.secret_annotation(
-            AIRFLOW_NS, AIRFLOW_DB_SECRET, airflow_db.VERSION_ANNOTATION
+        made_from = cluster_objects.secret_annotation(
+            self.kubectl, AIRFLOW_NS, AIRFLOW_DB_SECRET, airflow_db.VERSION_ANNOTATION
         )
-        made_for = self.secret_annotation(
-            AIRFLOW_NS, AIRFLOW_DB_SECRET, airflow_db.INSTANCE_ANNOTATION
+        made_for = cluster_objects.secret_annotation(
+            self.kubectl, AIRFLOW_NS, AIRFLOW_DB_SECRET, airflow_db.INSTANCE_ANNOTATION
         )
         return made_from == version and made_for == db.instance
 
@@ -207,7 +186,7 @@ class ServicesRun:
         db = self.airflow_database_of_run()
         if self.airflow_connection_current():
             return Outcome.KEPT
-        exists = self.secret_exists(AIRFLOW_NS, AIRFLOW_DB_SECRET)
+        exists = cluster_objects.secret_exists(self.kubectl, AIRFLOW_NS, AIRFLOW_DB_SECRET)
         run.before_change(f"{'update' if exists else 'create'} Secret {AIRFLOW_DB_SECRET}")
         password = db.password()
         version = airflow_db.secret_version(self.stack.gcloud, self.stack.names)
@@ -215,7 +194,7 @@ class ServicesRun:
         if version:
             annotations[airflow_db.VERSION_ANNOTATION] = version
         self.kubectl.apply_stdin(
-            secret_manifest(
+            cluster_objects.secret_manifest(
                 AIRFLOW_DB_SECRET,
                 AIRFLOW_NS,
                 {airflow_db.CONNECTION_KEY: airflow_db.connection_url(self.stack.names, password)},
@@ -238,51 +217,7 @@ class ServicesRun:
     # -- namespaces and Secrets ----------------------------------------------------------
 
     def ensure_namespace(self, name: str, run: StepRun) -> Outcome:
-        """The namespace with its Pod Security labels: server-side applied when one is off.
-
-        Applying only our labels (as our field manager) leaves every other label alone, and
-        labels a namespace an earlier version or a Helm `--create-namespace` made.
-        """
-        wanted = kube_names.pod_security_labels(name)
-        current = self.kubectl.get("namespace", name)
-        metadata = current.get("metadata") if current else None
-        labels = metadata.get("labels") if isinstance(metadata, dict) else None
-        have = labels if isinstance(labels, dict) else {}
-        if current is not None and all(have.get(k) == v for k, v in wanted.items()):
-            return Outcome.KEPT
-        enforce = wanted["pod-security.kubernetes.io/enforce"]
-        verb = "label" if current is not None else "create"
-        run.before_change(f"{verb} namespace {name} (Pod Security: enforce {enforce})")
-        self.kubectl.apply_stdin(namespace_manifest(name, wanted))
-        return Outcome.UPDATED if current is not None else Outcome.CREATED
-
-    def secret_annotation(self, namespace: str, name: str, key: str) -> str | None:
-        """One annotation of a Secret; None when there is no such Secret.
-
-        Asks for that annotation alone, so neither the data nor an annotation that may
-        mirror it (kubectl's last-applied-configuration) is ever read.
-        """
-        result = self._secret_field(namespace, name, f".metadata.annotations.{key}")
-        return None if result is None or result.dry_run else result.stdout.strip()
-
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        result = self._secret_field(namespace, name, ".metadata.name")
-        return result is not None and not result.dry_run and result.stdout.strip() == name
-
-    def _secret_field(self, namespace: str, name: str, path: str) -> Result | None:
-        """One field of a Secret through jsonpath (never its data); None if there is none."""
-        try:
-            return self.kubectl.run(
-                "get",
-                "secret",
-                name,
-                "-o",
-                f"jsonpath={{{path}}}",
-                namespace=namespace,
-                mutating=False,
-            )
-        except NotFound:
-            return None
+        return cluster_objects.ensure_namespace(self.kubectl, name, run)
 
     def secret_manager_version(self) -> str:
         """The full name of the password's latest version ('' if it has none yet)."""
@@ -300,7 +235,9 @@ class ServicesRun:
         via stdin only. Only the services' namespace holds it: no user step can mount it."""
         n, g = self.stack.names, self.stack.gcloud
         version = self.secret_manager_version()
-        have = self.secret_annotation(SERVICES_NS, DB_SECRET, VERSION_ANNOTATION)
+        have = cluster_objects.secret_annotation(
+            self.kubectl, SERVICES_NS, DB_SECRET, cluster_objects.VERSION_ANNOTATION
+        )
         if version and have == version:
             return Outcome.KEPT
         try:
@@ -316,83 +253,29 @@ class ServicesRun:
             version = self.secret_manager_version()  # read_password may have added the first
         run.before_change(f"{'update' if have is not None else 'create'} Secret {DB_SECRET}")
         self.kubectl.apply_stdin(
-            secret_manifest(
+            cluster_objects.secret_manifest(
                 DB_SECRET,
                 SERVICES_NS,
                 {DB_SECRET_KEY: password},
-                annotations={VERSION_ANNOTATION: version} if version else {},
+                annotations={cluster_objects.VERSION_ANNOTATION: version} if version else {},
             ),
             namespace=SERVICES_NS,
         )
         return Outcome.UPDATED if have is not None else Outcome.CREATED
 
     def remove_legacy_objects(self, run: StepRun) -> Outcome:
-        """After release metaflow moved: the old DB Secret and the old shared KSA go.
-
-        The Secret went with nothing (services.up wrote it, Helm never owned it). The KSA is
-        normally deleted by the Helm upgrade; if it is still there, it goes once no running
-        pod uses it (a workflow started before the upgrade), else a later run removes it.
-        """
-        removed = False
-        if self.secret_exists(LEGACY_DB_SECRET_NS, DB_SECRET):
-            run.before_change(f"delete Secret {LEGACY_DB_SECRET_NS}/{DB_SECRET}")
-            self._delete("secret", DB_SECRET, LEGACY_DB_SECRET_NS)
-            removed = True
-        if self.kubectl.get("serviceaccount", LEGACY_KSA, namespace=METAFLOW_NS) is not None:
-            users = self.pods_running_as(LEGACY_KSA, METAFLOW_NS)
-            if users:
-                run.note(
-                    f"kept ServiceAccount {METAFLOW_NS}/{LEGACY_KSA}: {len(users)} pod(s) still "
-                    f"run as it ({', '.join(users[:3])}); the next `inv services.up` removes it"
-                )
-            else:
-                run.before_change(f"delete ServiceAccount {METAFLOW_NS}/{LEGACY_KSA}")
-                self._delete("serviceaccount", LEGACY_KSA, METAFLOW_NS)
-                removed = True
-        return Outcome.DELETED if removed else Outcome.KEPT
-
-    def pods_running_as(self, account: str, namespace: str) -> list[str]:
-        """Names of the pods of `namespace` that run as `account` and have not finished."""
-        found = self.kubectl.read("get", "pods", namespace=namespace, dry={"items": []})
-        items = found.get("items") if isinstance(found, dict) else None
-        return [
-            str(pod.get("metadata", {}).get("name"))
-            for pod in items or []
-            if pod.get("spec", {}).get("serviceAccountName") == account
-            and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-        ]
-
-    def _delete(self, kind: str, name: str, namespace: str) -> None:
-        self.kubectl.run("delete", kind, name, "--ignore-not-found", namespace=namespace)
+        return cluster_objects.remove_legacy_objects(self.kubectl, DB_SECRET, run)
 
     def ensure_airflow_secrets(self, run: StepRun) -> Outcome:
         """The webserver session key, made once and never replaced (logins survive upgrades)."""
-        made = self._create_secret_once(AIRFLOW_NS, AIRFLOW_SECRET, _webserver_key, run)
+        made = cluster_objects.create_secret_once(
+            self.kubectl,
+            AIRFLOW_NS,
+            AIRFLOW_SECRET,
+            lambda: _webserver_key(self.stack.runner.add_secret),
+            run,
+        )
         return Outcome.CREATED if made else Outcome.KEPT
-
-    def _create_secret_once(
-        self,
-        namespace: str,
-        name: str,
-        make: Callable[[Callable[[str], None]], dict[str, str]],
-        run: StepRun,
-    ) -> bool:
-        """Create Secret `name` from `make(register)` unless it exists; True if we made it."""
-        if self.secret_exists(namespace, name):
-            return False
-        run.before_change(f"create Secret {name}")
-        data = make(self.stack.runner.add_secret)
-        try:
-            self.kubectl.run(
-                "create",
-                "-f",
-                "-",
-                namespace=namespace,
-                stdin=secret_manifest(name, namespace, data),
-            )
-        except AlreadyExists:  # another run made it a moment ago: keep theirs
-            return False
-        return True
 
     # -- Helm releases -------------------------------------------------------------------
 
@@ -402,97 +285,17 @@ class ServicesRun:
         value = charts.get(name) if isinstance(charts, dict) else None
         return str(value) if value else None
 
-    def up_to_date(self, release: Release, listed: dict[str, Any]) -> bool:
-        """Deployed, same chart version, same chart files (local charts), same values."""
-        if listed.get("status") != "deployed" or listed.get("chart") != release.chart_label:
-            return False
-        if release.local and self.recorded_checksum(release.name) != self.checksums.get(
-            release.name
-        ):
-            return False
-        current = self.helm.user_values(release.name, release.namespace)
-        return _canonical(current) == _canonical(release.desired_values())
-
     def ensure_release(self, release: Release, run: StepRun) -> Outcome:
-        listed = self.helm.release(release.name, release.namespace)
-        status = str(listed.get("status") or "") if listed else ""
-        if status == "uninstalled":  # kept history only; `upgrade --install` installs it anew
-            listed, status = None, ""
-        if status in _STUCK:
-            raise StackError(_stuck_message(self.helm.context, release, status))
-        if listed and self.up_to_date(release, listed):
-            return Outcome.KEPT
-        verb = "upgrade" if listed else "install"
-        run.before_change(f"{verb} {release.name} {release.version}")
-        run.note(f"helm {verb}; waits up to {release.timeout_minutes}m for the pods")
-        self.helm.run(*release.argv(), timeout=release.timeout_minutes * 60 + _HELM_GRACE)
-        return Outcome.UPDATED if listed else Outcome.CREATED
+        unchanged = self.recorded_checksum(release.name) == self.checksums.get(release.name)
+        return releases.ensure(self.helm, release, run, files_unchanged=unchanged)
 
     def uninstall(self, installed: Installed, run: StepRun) -> Outcome:
-        run.before_change(f"uninstall {installed.name}")
-        try:
-            self.helm.run(
-                "uninstall",
-                installed.name,
-                f"--namespace={installed.namespace}",
-                "--timeout=5m",
-                timeout=5 * 60 + _HELM_GRACE,
-            )
-        except NotFound:
-            return Outcome.GONE
-        return Outcome.DELETED
+        return releases.uninstall(self.helm, installed.name, installed.namespace, run)
 
     # -- Argo Events ---------------------------------------------------------------------
 
     def ensure_event_bus_on_disks(self, run: StepRun) -> Outcome:
-        """Stacks made before the EventBus kept its streams on persistent disks have a NATS
-        StatefulSet without volumeClaimTemplates, a field Kubernetes never lets change, so
-        the controller's update of it fails. Deleting it lets the controller create it again
-        with the disks; events not yet consumed (they were in an emptyDir) are lost, as they
-        would be whenever a NATS pod moved."""
-        current = self.kubectl.get("statefulset", EVENT_BUS_STATEFULSET, namespace=METAFLOW_NS)
-        spec = current.get("spec") if current else None
-        if not isinstance(spec, dict) or spec.get("volumeClaimTemplates"):
-            return Outcome.KEPT  # none yet (the controller makes it with disks), or on disks
-        run.before_change(f"recreate StatefulSet {EVENT_BUS_STATEFULSET} with disks", new=False)
-        self.kubectl.run(
-            "delete",
-            "statefulset",
-            EVENT_BUS_STATEFULSET,
-            "--ignore-not-found",
-            namespace=METAFLOW_NS,
-        )
-        run.note("the Argo Events controller recreates it with one disk per NATS server")
-        return Outcome.UPDATED
-
-
-def secret_manifest(
-    name: str, namespace: str, data: dict[str, str], *, annotations: dict[str, str] | None = None
-) -> str:
-    """A Secret as JSON for `kubectl ... -f -`: built in memory, handed over on stdin only."""
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": MANAGED_LABELS}
-    if annotations:
-        metadata["annotations"] = annotations
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": metadata,
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-        }
-    )
-
-
-def namespace_manifest(name: str, labels: dict[str, str]) -> str:
-    """A Namespace with the labels this tool owns, as JSON for `kubectl apply -f -`."""
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": name, "labels": {**MANAGED_LABELS, **labels}},
-        }
-    )
+        return cluster_objects.ensure_event_bus_on_disks(self.kubectl, run)
 
 
 def _combined(outcomes: list[Outcome]) -> Outcome:
@@ -507,20 +310,6 @@ def _webserver_key(register: Callable[[str], None]) -> dict[str, str]:
     key = random_source.token_hex(32)
     register(key)
     return {AIRFLOW_SECRET_KEY: key}
-
-
-def _stuck_message(context: str, release: Release, status: str) -> str:
-    helm = f"helm --kube-context={context}"
-    if status == "pending-install":
-        fix = f"`{helm} uninstall {release.name} --namespace={release.namespace}`"
-    elif status == "uninstalling":
-        fix = "wait for the uninstall to finish"
-    else:
-        fix = f"`{helm} rollback {release.name} --namespace={release.namespace}`"
-    return (
-        f"release {release.name} in {release.namespace} is '{status}' (an earlier helm run "
-        f"was interrupted). Fix: {fix}, then run `inv services.up` again"
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -560,8 +349,8 @@ def build_steps(
         release_step("metaflow", ("wi", f"ns:{METAFLOW_NS}", "secret:db")),
         Step(
             "legacy:objects",
-            f"old Secret {LEGACY_DB_SECRET_NS}/{DB_SECRET} and ServiceAccount "
-            f"{METAFLOW_NS}/{LEGACY_KSA} (earlier versions)",
+            f"old Secret {cluster_objects.LEGACY_DB_SECRET_NS}/{DB_SECRET} and ServiceAccount "
+            f"{METAFLOW_NS}/{cluster_objects.LEGACY_KSA} (earlier versions)",
             run.remove_legacy_objects,
             ("release:metaflow",),
         ),
