@@ -285,7 +285,8 @@ _KUBE_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
     (
         re.compile(
             r"Unable to connect to the server|connection refused|no such host|"
-            r"cluster unreachable|i/o timeout|TLS handshake timeout|no route to host",
+            r"The connection to the server \S+ was refused|cluster unreachable|i/o timeout|"
+            r"TLS handshake timeout|no route to host|context deadline exceeded",
             re.IGNORECASE,
         ),
         Unreachable,

@@ -222,6 +222,34 @@ def test_a_missing_gke_auth_plugin_is_a_login_problem_not_a_missing_object(
     assert "gcloud components install gke-gcloud-auth-plugin" in caught.value.one_line()
 
 
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "The connection to the server 34.1.2.3 was refused - did you specify the right host "
+        "or port?\n",
+        'E1204 memcache.go:265] couldn\'t get current server API group list: Get "https://'
+        '34.1.2.3/api": dial tcp 34.1.2.3:443: connect: connection refused\n',
+        "Unable to connect to the server: dial tcp 34.1.2.3:443: i/o timeout\n",
+        'Error: Kubernetes cluster unreachable: Get "https://34.1.2.3/version": context '
+        "deadline exceeded\n",
+    ],
+)
+def test_a_cluster_that_does_not_answer_is_unreachable(fp: FakeProcess, stderr: str) -> None:
+    fp.register(["kubectl", "get", "namespaces"], returncode=1, stderr=stderr)
+    with pytest.raises(errors.Unreachable):
+        Runner().run(["kubectl", "get", "namespaces"], mutating=False)
+
+
+def test_a_cluster_that_refuses_is_not_unreachable(fp: FakeProcess) -> None:
+    fp.register(
+        ["kubectl", "get", "namespaces"],
+        returncode=1,
+        stderr='Error from server (Forbidden): namespaces is forbidden: User "x" cannot list\n',
+    )
+    with pytest.raises(errors.PermissionDenied):
+        Runner().run(["kubectl", "get", "namespaces"], mutating=False)
+
+
 def test_check_false_returns_the_failure_instead_of_raising(fp: FakeProcess) -> None:
     fp.register(["gcloud", "x"], returncode=2, stderr="nope")
     assert Runner().run(["gcloud", "x"], mutating=False, check=False).returncode == 2
