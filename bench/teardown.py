@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def attributed(steps: list[Step]) -> list[Step]:
             finally:
                 _CURRENT.step = None
 
-        return Step(step.name, step.title, action, step.needs)
+        return replace(step, action=action)
 
     return [wrap(step) for step in steps]
 
@@ -189,7 +189,10 @@ def time_reference(
 
             return run
 
-        reference = [Step(s.name, s.title, action(s.name), s.needs) for s in steps]
+        # A change that waits for another step's (changes_after) is a need of the reference.
+        reference = [
+            Step(s.name, s.title, action(s.name), s.needs + s.changes_after) for s in steps
+        ]
         started = time.monotonic()
         report = run_steps(reference, console=Console(file=io.StringIO()), title="reference")
         wall = time.monotonic() - started

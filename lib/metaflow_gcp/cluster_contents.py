@@ -34,7 +34,10 @@ def empty(stack: Stack, run: StepRun, *, delete_data: bool) -> Outcome:
     with_helm = dry or runner.has("helm")
     if not dry and not gke.context_is_current(n.kube_context, cluster, runner.env):
         # None here, or one of an earlier cluster of this name: it would reach nothing.
-        run.before_removal(f"fetch credentials for {n.cluster}, then empty it")
+        # Only our kubeconfig changes, so this goes ahead while the lock is being taken.
+        run.before_change(
+            f"fetch credentials for {n.cluster}, then empty it", new=False, locked=False
+        )
         gke.fetch_credentials(g, n)
     helm = Helm(runner, n.kube_context)
     kubectl = Kubectl(runner, n.kube_context)

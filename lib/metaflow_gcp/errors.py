@@ -286,7 +286,7 @@ _KUBE_RULES: list[tuple[re.Pattern[str], type[CommandError], str]] = [
         re.compile(
             r"Unable to connect to the server|connection refused|no such host|"
             r"The connection to the server \S+ was refused|cluster unreachable|i/o timeout|"
-            r"TLS handshake timeout|no route to host|context deadline exceeded",
+            r"TLS handshake timeout|no route to host",
             re.IGNORECASE,
         ),
         Unreachable,

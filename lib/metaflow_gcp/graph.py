@@ -42,6 +42,10 @@ class Interrupted(StackError):
         )
 
 
+class Blocked(Exception):
+    """A step reached its first change, but a step it changes after did not finish."""
+
+
 class PlannedChange(Exception):
     """Raised by the plan gate: the step would change something here.
 
@@ -82,11 +86,12 @@ class StepRun:
         undone, not the stack's own): it goes ahead while the lock is still being taken.
         """
         self._graph.pass_gate(what, new=new, locked=locked)
+        self._graph.wait_for_changes_after(self.name)
 
     def before_removal(self, what: str) -> None:
         """before_change for a delete: a removal hides nothing that a later step reads, so
         a preview goes on to look at the steps after it."""
-        self._graph.pass_gate(what, new=False, locked=True)
+        self.before_change(what, new=False)
 
     @property
     def planning(self) -> bool:
@@ -124,10 +129,14 @@ def pause(seconds: float) -> None:
 
 @dataclass(frozen=True)
 class Step:
+    """changes_after: steps that must be done before this one changes anything; its reads
+    run as soon as its needs are met (teardown lists Cloud SQL while the cluster empties)."""
+
     name: str
     title: str
     action: Action
     needs: tuple[str, ...] = ()
+    changes_after: tuple[str, ...] = ()
 
 
 @dataclass
@@ -190,7 +199,7 @@ def validate_graph(steps: Sequence[Step]) -> None:
     """Unknown needs and cycles are programming errors: fail before anything runs."""
     names = {s.name for s in steps}
     for step in steps:
-        missing = set(step.needs) - names
+        missing = (set(step.needs) | set(step.changes_after)) - names
         if missing:
             raise ValueError(f"step {step.name} needs unknown steps {sorted(missing)}")
     order = topological(steps)
@@ -199,12 +208,13 @@ def validate_graph(steps: Sequence[Step]) -> None:
 
 
 def topological(steps: Sequence[Step]) -> list[Step]:
-    """Steps in an order that respects needs, keeping the given order among equals."""
+    """Steps in an order that respects needs (and changes_after), keeping the given order
+    among equals."""
     done: set[str] = set()
     order: list[Step] = []
     remaining = list(steps)
     while remaining:
-        ready = [s for s in remaining if set(s.needs) <= done]
+        ready = [s for s in remaining if set(s.needs) | set(s.changes_after) <= done]
         if not ready:
             break
         for step in ready:
@@ -262,6 +272,27 @@ class GraphRun:
             self._gate_done.wait()
         if self._gate_error is not None:  # a lock held elsewhere stops even unlocked changes
             raise self._gate_error
+
+    def wait_for_changes_after(self, name: str) -> None:
+        """Hold a step's first change until the steps it changes after are done; Ctrl-C or
+        one of them failing or never starting ends the wait (the step is not started)."""
+        after = [self.states[n] for n in self.states[name].step.changes_after]
+        while not all(state.status is Status.DONE for state in after):
+            if self.interrupt.is_set():
+                raise Interrupted(name)
+            if any(self._never_done(state) for state in after):
+                raise Blocked(name)
+            self.interrupt.wait(0.05)
+
+    def _never_done(self, state: StepState) -> bool:
+        """Failed or not started, or waiting for a step that will never be done."""
+        if state.status in (Status.FAILED, Status.NOT_STARTED):
+            return True
+        if state.status is not Status.WAITING:
+            return False
+        return self.stop.is_set() or any(
+            self._never_done(self.states[n]) for n in state.step.needs + state.step.changes_after
+        )
 
     # -- events --------------------------------------------------------------------------
 
@@ -331,7 +362,8 @@ class GraphRun:
             state = self.states[step.name]
             if state.status is not Status.WAITING or step.name in in_flight:
                 continue
-            if all(self.states[n].status is Status.DONE for n in step.needs):
+            needs = step.needs + step.changes_after if self.max_workers == 1 else step.needs
+            if all(self.states[n].status is Status.DONE for n in needs):
                 ready.append(step)
         return ready
 
@@ -350,38 +382,43 @@ class GraphRun:
         _current.run = run
         try:
             outcome = step.action(run)
+        except Blocked:  # it read, but changed nothing: as if it had never started
+            self._finish(state, Status.NOT_STARTED, None, "")
+            return self._told(state, "not started (a step it changes after did not finish)")
         except PlannedChange as change:
-            with self._lock:
-                state.status = Status.DONE
-                state.outcome = Outcome.PLANNED
-                state.note = str(change)
-                state.planned_new = change.new
-                state.finished = time.monotonic()
-            if self.view:
-                self.view.event(state, f"would {change}")
-            return Outcome.PLANNED
+            self._finish(state, Status.DONE, Outcome.PLANNED, str(change))
+            state.planned_new = change.new
+            return self._told(state, f"would {change}", Outcome.PLANNED)
         except BaseException as error:
-            with self._lock:
-                state.status = Status.FAILED
-                state.error = error
-                state.finished = time.monotonic()
+            self._finish(state, Status.FAILED, None, state.note, error)
             if not self.keep_going:
                 self.stop.set()
-            if self.view:
-                reason = error.one_line() if isinstance(error, StackError) else repr(error)
-                self.view.event(state, f"failed: {reason}")
+            reason = error.one_line() if isinstance(error, StackError) else repr(error)
+            self._told(state, f"failed: {reason}")
             if not isinstance(error, Exception):
                 raise
             return Outcome.SKIPPED
         finally:
             _current.run = None
+        self._finish(state, Status.DONE, outcome, "")
+        return self._told(state, outcome.value, outcome)
+
+    def _finish(
+        self,
+        state: StepState,
+        status: Status,
+        outcome: Outcome | None,
+        note: str,
+        error: BaseException | None = None,
+    ) -> None:
         with self._lock:
-            state.status = Status.DONE
-            state.outcome = outcome
+            state.status, state.outcome, state.note = status, outcome, note
+            state.error = error
             state.finished = time.monotonic()
-            state.note = ""
+
+    def _told(self, state: StepState, text: str, outcome: Outcome = Outcome.SKIPPED) -> Outcome:
         if self.view:
-            self.view.event(state, outcome.value)
+            self.view.event(state, text)
         return outcome
 
 

@@ -50,7 +50,8 @@ class Teardown:
         steps = [
             Step("releases", "Helm releases", self.empty_cluster),
             Step("gke", f"GKE cluster {n.cluster}", call(gke.remove), ("releases",)),
-            Step("sql", "Cloud SQL instances", self.sql_instances, ("releases",)),
+            # Listed while the cluster empties; deleted only once it is empty.
+            Step("sql", "Cloud SQL instances", self.sql_instances, changes_after=("releases",)),
             Step("generation", "DB generation counter", self.next_generation, ("sql",)),
             Step("peering", "private services access", call(network.remove_peering), ("sql",)),
             Step("psa_range", f"range {n.psa_range}", call(network.remove_psa_range), ("peering",)),

@@ -255,3 +255,128 @@ def test_sleeping_steps_wake_up_at_once_when_interrupted() -> None:
     with pytest.raises(StackError, match="interrupted"):
         step.sleep(10)
     assert time.monotonic() - started < 0.5
+
+
+# -- changes_after: reads early, changes in order -------------------------------------------
+
+
+def reads_then_changes(log: list[str], name: str) -> object:
+    def action(run: StepRun) -> Outcome:
+        log.append(f"{name} reads")
+        run.before_change(f"delete {name}")
+        log.append(f"{name} changes")
+        return Outcome.DELETED
+
+    return action
+
+
+def test_a_step_reads_at_once_but_changes_only_after_the_steps_it_changes_after() -> None:
+    log: list[str] = []
+    emptied = threading.Event()
+
+    def empty(run: StepRun) -> Outcome:
+        assert emptied.wait(5)  # the other step has read by now, while this one runs
+        log.append("cluster emptied")
+        return Outcome.DELETED
+
+    def sql(run: StepRun) -> Outcome:
+        log.append("sql reads")
+        emptied.set()
+        run.before_change("delete sql")
+        log.append("sql changes")
+        return Outcome.DELETED
+
+    steps = [
+        Step("releases", "releases", empty),
+        Step("sql", "sql", sql, changes_after=("releases",)),
+    ]
+    report = GraphRun(steps).run()
+
+    assert report.ok
+    assert log == ["sql reads", "cluster emptied", "sql changes"]
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_when_the_step_it_changes_after_fails_it_changes_nothing_and_counts_as_not_started(
+    keep_going: bool,
+) -> None:
+    log: list[str] = []
+
+    def refuse(run: StepRun) -> Outcome:
+        time.sleep(0.05)
+        raise StackError("the cluster refused")
+
+    steps = [
+        Step("releases", "releases", refuse),
+        Step("sql", "sql", reads_then_changes(log, "sql"), changes_after=("releases",)),  # type: ignore[arg-type]
+    ]
+    report = GraphRun(steps, keep_going=keep_going).run()
+
+    assert log == ["sql reads"]
+    assert report.states["sql"].status is Status.NOT_STARTED
+    assert report.outcomes()["sql"] is None and not report.ok
+
+
+def test_waiting_on_a_step_that_can_never_start_ends_too() -> None:
+    """keep_going leaves a step whose need failed waiting: nobody may wait on it forever."""
+    log: list[str] = []
+
+    def fail(run: StepRun) -> Outcome:
+        raise StackError("no")
+
+    steps = [
+        Step("describe", "describe", fail),
+        Step("releases", "releases", sleeper(0.0), ("describe",)),  # type: ignore[arg-type]
+        Step("sql", "sql", reads_then_changes(log, "sql"), changes_after=("releases",)),  # type: ignore[arg-type]
+    ]
+    started = time.monotonic()
+    report = GraphRun(steps, keep_going=True).run()
+
+    assert time.monotonic() - started < 5
+    assert report.states["sql"].status is Status.NOT_STARTED and log == ["sql reads"]
+
+
+def test_ctrl_c_ends_the_wait_for_the_step_it_changes_after() -> None:
+    log: list[str] = []
+
+    def long_uninstall(run: StepRun) -> Outcome:
+        run.sleep(30)
+        return Outcome.DELETED
+
+    steps = [
+        Step("releases", "releases", long_uninstall),
+        Step("sql", "sql", reads_then_changes(log, "sql"), changes_after=("releases",)),  # type: ignore[arg-type]
+    ]
+    graph = GraphRun(steps)
+    threading.Timer(0.3, graph.interrupt.set).start()  # what Ctrl-C does to a run
+    started = time.monotonic()
+    report = graph.run()
+
+    assert time.monotonic() - started < 5
+    assert "interrupted" in str(report.states["sql"].error)
+    assert log == ["sql reads"]
+
+
+def test_a_dry_run_runs_a_step_after_the_steps_it_changes_after() -> None:
+    """One at a time, the printed commands read in the order they would run."""
+    log: list[str] = []
+    steps = [
+        Step("sql", "sql", reads_then_changes(log, "sql"), changes_after=("releases",)),  # type: ignore[arg-type]
+        Step("releases", "releases", reads_then_changes(log, "releases")),  # type: ignore[arg-type]
+    ]
+    report = GraphRun(steps, sequential=True).run()
+
+    assert report.ok
+    assert log == ["releases reads", "releases changes", "sql reads", "sql changes"]
+
+
+def test_changes_after_an_unknown_step_or_in_a_circle_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        validate_graph([Step("a", "a", sleeper(0.0), changes_after=("nope",))])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cycle"):
+        validate_graph(
+            [
+                Step("a", "a", sleeper(0.0), ("b",)),  # type: ignore[arg-type]
+                Step("b", "b", sleeper(0.0), changes_after=("a",)),  # type: ignore[arg-type]
+            ]
+        )

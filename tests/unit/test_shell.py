@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from pathlib import Path
 
 import pytest
 from pytest_subprocess import FakeProcess
 
 from metaflow_gcp import errors
 from metaflow_gcp.shell import REDACTED, Runner
+from tests.support.cluster import tool_stubs
 
 
 def test_a_command_runs_with_an_argument_list_and_its_json_is_parsed(fp: FakeProcess) -> None:
@@ -39,7 +41,9 @@ def test_dry_run_needs_no_tool_installed() -> None:
 
 def test_a_missing_tool_is_one_line_with_how_to_install_it() -> None:
     runner = Runner(env={"PATH": "/nonexistent"})
-    with pytest.raises(errors.MissingTool, match=r"'helm' was not found on PATH\. Fix: install Helm"):
+    with pytest.raises(
+        errors.MissingTool, match=r"'helm' was not found on PATH\. Fix: install Helm"
+    ):
         runner.run(["helm", "list"], mutating=False)
 
 
@@ -227,7 +231,7 @@ def test_a_missing_gke_auth_plugin_is_a_login_problem_not_a_missing_object(
     [
         "The connection to the server 34.1.2.3 was refused - did you specify the right host "
         "or port?\n",
-        'E1204 memcache.go:265] couldn\'t get current server API group list: Get "https://'
+        "E1204 memcache.go:265] couldn't get current server API group list: Get \"https://"
         '34.1.2.3/api": dial tcp 34.1.2.3:443: connect: connection refused\n',
         "Unable to connect to the server: dial tcp 34.1.2.3:443: i/o timeout\n",
         'Error: Kubernetes cluster unreachable: Get "https://34.1.2.3/version": context '
@@ -238,6 +242,20 @@ def test_a_cluster_that_does_not_answer_is_unreachable(fp: FakeProcess, stderr: 
     fp.register(["kubectl", "get", "namespaces"], returncode=1, stderr=stderr)
     with pytest.raises(errors.Unreachable):
         Runner().run(["kubectl", "get", "namespaces"], mutating=False)
+
+
+def test_a_helm_wait_that_ran_out_of_time_is_not_an_unreachable_cluster(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    fp.register(
+        ["helm", "upgrade"],
+        returncode=1,
+        stderr="Error: UPGRADE FAILED: context deadline exceeded\n",
+    )
+    runner = Runner(env={"PATH": str(tool_stubs(tmp_path / "bin", ["helm"]))})
+    with pytest.raises(errors.CommandError) as caught:
+        runner.run(["helm", "upgrade"], mutating=True)
+    assert not isinstance(caught.value, errors.Unreachable)
 
 
 def test_a_cluster_that_refuses_is_not_unreachable(fp: FakeProcess) -> None:

@@ -238,6 +238,30 @@ def test_a_cluster_that_refuses_to_be_read_stops_teardown_before_it_is_deleted(
     assert not fp.call_count(["gcloud", "container", "clusters", "delete", FakeProcess.any()])
 
 
+def test_cloud_sql_is_listed_while_the_cluster_empties_but_not_deleted_when_that_fails(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    fp.register(
+        HELM_LIST,
+        returncode=1,
+        stderr="Error: getting credentials: exec: executable gke-gcloud-auth-plugin not found\n",
+    )
+    listed = json.dumps([{"name": "mf-dev-pg-0", "settings": {}}])
+    fp.register(["gcloud", "sql", "instances", "list", FakeProcess.any()], stdout=listed)
+    steps = [s for s in teardown.Teardown(stack, delete_data=False).steps()
+             if s.name in ("releases", "sql")]  # fmt: skip
+
+    report = run_steps(steps, console=stack.console, title="teardown")
+
+    assert report.failed and report.failed[0].step.name == "releases"
+    assert report.outcomes()["sql"] is None
+    assert fp.call_count(["gcloud", "sql", "instances", "list", FakeProcess.any()]) == 1
+    assert not fp.call_count(["gcloud", "sql", "instances", "patch", FakeProcess.any()])
+    assert not fp.call_count(["gcloud", "sql", "instances", "delete", FakeProcess.any()])
+
+
 def test_a_cluster_that_is_gone_is_not_contacted(fp: FakeProcess, tmp_path: Path) -> None:
     stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
     fp.register(
