@@ -134,25 +134,18 @@ def collect_status(stack: Stack) -> dict[str, Any]:
     subnet, bucket, cluster = found["subnet"], found["bucket"], found["gke"]
     rows = [
         _row("network", n.network, found["network"]),
-        _row("subnet", n.subnet, subnet, range=_get(subnet, "ipCidrRange")),
+        _row("subnet", n.subnet, subnet, **network.subnet_status_facts(_found(subnet))),
         _row("private services range", n.psa_range, found["psa_range"]),
         _row("private services access", n.network, found["peering"]),
         _row(
             "datastore bucket",
             f"gs://{n.data_bucket}",
             bucket,
-            public_access_prevention=_get(bucket, "public_access_prevention"),
-            uniform_access=_get(bucket, "uniform_bucket_level_access"),
+            **storage.status_facts(_found(bucket)),
         ),
         *_account_rows(n, found["accounts"]),
         _sql_row(n, found["sql"], generation),
-        _row(
-            "GKE cluster",
-            n.cluster,
-            cluster,
-            status=_get(cluster, "status"),
-            workload_pool=(_get(cluster, "workloadIdentityConfig") or {}).get("workloadPool"),
-        ),
+        _row("GKE cluster", n.cluster, cluster, **gke.status_facts(_found(cluster))),
         # The optional GPU and Spot pools, from the cluster's describe (no extra call).
         *(
             _row(kind, name, Read(pool, cluster.error), **facts)
@@ -181,8 +174,8 @@ def collect_status(stack: Stack) -> dict[str, Any]:
     }
 
 
-def _get(read: Read, key: str) -> Any:
-    return read.value.get(key) if isinstance(read.value, dict) else None
+def _found(read: Read) -> dict[str, Any] | None:
+    return read.value if isinstance(read.value, dict) else None
 
 
 def _row(kind: str, name: str, read: Read, **settings: Any) -> dict[str, Any]:
@@ -228,8 +221,7 @@ def _sql_row(n: Names, listed: Read, generation: int | None) -> dict[str, Any]:
         "Cloud SQL instance",
         instance,
         Read(current),
-        state=(current or {}).get("state"),
-        version=(current or {}).get("databaseVersion"),
+        **sql.status_facts(current),
         other_generations=others or None,
     )
 

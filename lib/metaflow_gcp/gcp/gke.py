@@ -192,6 +192,12 @@ def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
     return gcloud.describe(*_describe_args(n))
 
 
+def status_facts(found: dict[str, Any] | None) -> dict[str, Any]:
+    """What `inv status` shows of the cluster beside whether it exists."""
+    identity = (found or {}).get("workloadIdentityConfig") or {}
+    return {"status": (found or {}).get("status"), "workload_pool": identity.get("workloadPool")}
+
+
 def prime_describe(gcloud: Gcloud, n: Names, found: dict[str, Any] | None) -> None:
     """The next describe of the cluster answers with `found` (read a moment ago)."""
     gcloud.prime(found, *_describe_args(n))

@@ -25,6 +25,11 @@ def describe_subnet(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
     return gcloud.describe(*_SUBNET, "describe", *_subnet_where(n))
 
 
+def subnet_status_facts(found: dict[str, Any] | None) -> dict[str, Any]:
+    """What `inv status` shows of the subnet: its range."""
+    return {"range": (found or {}).get("ipCidrRange")}
+
+
 def describe_psa_range(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
     return gcloud.describe(*_RANGE, "describe", *_range_where(n))
 

@@ -73,6 +73,11 @@ def describe(gcloud: Gcloud, name: str) -> dict[str, Any] | None:
     return gcloud.describe("sql", "instances", "describe", name)
 
 
+def status_facts(found: dict[str, Any] | None) -> dict[str, Any]:
+    """What `inv status` shows of the current instance beside whether it exists."""
+    return {"state": (found or {}).get("state"), "version": (found or {}).get("databaseVersion")}
+
+
 def prime_describe(gcloud: Gcloud, name: str, found: dict[str, Any] | None) -> None:
     """The next describe of `name` answers with `found` (read a moment ago)."""
     gcloud.prime(found, "sql", "instances", "describe", name)

@@ -15,6 +15,14 @@ def describe(gcloud: Gcloud, n: Names) -> dict[str, Any] | None:
     return gcloud.describe(*_describe_args(n))
 
 
+def status_facts(found: dict[str, Any] | None) -> dict[str, Any]:
+    """What `inv status` shows of the bucket: the two settings that keep it private."""
+    return {
+        "public_access_prevention": (found or {}).get("public_access_prevention"),
+        "uniform_access": (found or {}).get("uniform_bucket_level_access"),
+    }
+
+
 def prime_describe(gcloud: Gcloud, n: Names, found: dict[str, Any] | None) -> None:
     """The next describe of the bucket answers with `found` (read a moment ago)."""
     gcloud.prime(found, *_describe_args(n))
