@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from .gcp_api import FakeGcpApi, Operation, RequestLog
+from .core import Operation, RequestLog
+from .gcp_api import FakeGcpApi
 from .gcs import FakeGcs
 from .tls import TlsFiles, make_tls_files
 

@@ -18,12 +18,20 @@ from typing import Any
 import pytest
 
 from .plugin import FakeCloud
+from .seeds import (
+    NET,
+    RANGE,
+    REGION,
+    SUB,
+    ZONE,
+    seed_cluster,
+    seed_private_network,
+    seed_service_account,
+    seed_sql_instance,
+)
 
 pytestmark = pytest.mark.integration
 
-REGION = "us-west2"
-ZONE = "us-west2-a"
-NET, SUB, RANGE = "mf-net", "mf-subnet", "mf-psa-range"
 SERVICES = [
     "compute.googleapis.com",
     "container.googleapis.com",
@@ -80,59 +88,6 @@ def fails(fake: FakeCloud, *args: str, **kw: Any) -> str:
     return res.stderr
 
 
-def seed_private_network(fake: FakeCloud, *, peering: bool = True) -> None:
-    """Network + subnet + PSA range (+ peering) straight through the fake, no gcloud."""
-    fake.call(
-        "POST",
-        "compute",
-        f"/v1/projects/{fake.project}/global/networks",
-        {"name": NET, "autoCreateSubnetworks": False},
-    )
-    fake.call(
-        "POST",
-        "compute",
-        f"/v1/projects/{fake.project}/regions/{REGION}/subnetworks",
-        {
-            "name": SUB,
-            "network": f"projects/{fake.project}/global/networks/{NET}",
-            "ipCidrRange": "10.2.0.0/16",
-            "privateIpGoogleAccess": True,
-        },
-    )
-    fake.call(
-        "POST",
-        "compute",
-        f"/v1/projects/{fake.project}/global/addresses",
-        {
-            "name": RANGE,
-            "purpose": "VPC_PEERING",
-            "addressType": "INTERNAL",
-            "prefixLength": 16,
-            "network": f"projects/{fake.project}/global/networks/{NET}",
-        },
-    )
-    if peering:
-        fake.call(
-            "POST",
-            "servicenetworking",
-            "/v1/services/servicenetworking.googleapis.com/connections",
-            {
-                "network": f"projects/{fake.project_number}/global/networks/{NET}",
-                "reservedPeeringRanges": [RANGE],
-            },
-        )
-    fake.finish_all_operations()
-    fake.requests.clear()
-
-
-def seed_service_account(fake: FakeCloud, account_id: str = "mf-nodes") -> str:
-    fake.call(
-        "POST", "iam", f"/v1/projects/{fake.project}/serviceAccounts", {"accountId": account_id}
-    )
-    fake.requests.clear()
-    return f"{account_id}@{fake.project}.iam.gserviceaccount.com"
-
-
 def sql_create_args(fake: FakeCloud, name: str) -> list[str]:
     # --allocated-ip-range-name exists only in the beta/alpha tracks of gcloud 528.
     return [
@@ -173,48 +128,6 @@ def gke_create_args(fake: FakeCloud, name: str, sa: str) -> list[str]:
         "--machine-type=e2-standard-4",
         "--release-channel=regular",
     ]
-
-
-def seed_sql_instance(fake: FakeCloud, name: str = "psql-seeded") -> None:
-    fake.call(
-        "POST",
-        "sqladmin",
-        f"/sql/v1beta4/projects/{fake.project}/instances",
-        {
-            "name": name,
-            "region": REGION,
-            "databaseVersion": "POSTGRES_16",
-            "settings": {
-                "tier": "db-custom-1-3840",
-                "ipConfiguration": {
-                    "ipv4Enabled": False,
-                    "privateNetwork": f"projects/{fake.project}/global/networks/{NET}",
-                    "allocatedIpRange": RANGE,
-                },
-            },
-        },
-    )
-    fake.finish_all_operations()
-    fake.requests.clear()
-
-
-def seed_cluster(fake: FakeCloud, name: str = "mf-gke") -> None:
-    fake.call(
-        "POST",
-        "container",
-        f"/v1/projects/{fake.project}/locations/{ZONE}/clusters",
-        {
-            "cluster": {
-                "name": name,
-                "network": NET,
-                "subnetwork": SUB,
-                "workloadIdentityConfig": {"workloadPool": f"{fake.project}.svc.id.goog"},
-                "nodePools": [{"name": "default-pool", "initialNodeCount": 1}],
-            }
-        },
-    )
-    fake.finish_all_operations()
-    fake.requests.clear()
 
 
 # --------------------------------------------------------------------------------------
@@ -463,8 +376,16 @@ def test_a_deleted_sql_instance_holds_the_connection_until_the_peering_is_remove
     )
     assert "are still using this connection" in err
 
-    ok(fake, "compute", "networks", "peerings", "delete", "servicenetworking-googleapis-com",
-       f"--network={NET}", "--quiet")
+    ok(
+        fake,
+        "compute",
+        "networks",
+        "peerings",
+        "delete",
+        "servicenetworking-googleapis-com",
+        f"--network={NET}",
+        "--quiet",
+    )
 
     [remove] = fake.requests.of_kind("compute.networks.removePeering")
     assert remove.body == {"name": "servicenetworking-googleapis-com"}
@@ -895,10 +816,18 @@ def test_gke_hardening_fields_are_kept_the_way_the_api_returns_them(fake_cloud: 
     fake = fake_cloud
     seed_private_network(fake, peering=False)
     sa = seed_service_account(fake)
-    ok(fake, *gke_create_args(fake, "mf-gke", sa), "--async", "--enable-dataplane-v2",
-       "--enable-private-nodes", "--shielded-secure-boot", "--shielded-integrity-monitoring",
-       "--no-enable-insecure-kubelet-readonly-port", "--enable-master-authorized-networks",
-       "--master-authorized-networks=203.0.113.0/24")
+    ok(
+        fake,
+        *gke_create_args(fake, "mf-gke", sa),
+        "--async",
+        "--enable-dataplane-v2",
+        "--enable-private-nodes",
+        "--shielded-secure-boot",
+        "--shielded-integrity-monitoring",
+        "--no-enable-insecure-kubelet-readonly-port",
+        "--enable-master-authorized-networks",
+        "--master-authorized-networks=203.0.113.0/24",
+    )
     fake.finish_all_operations()
     found = ok_json(fake, "container", "clusters", "describe", "mf-gke", f"--location={ZONE}")
     assert found["networkConfig"]["datapathProvider"] == "ADVANCED_DATAPATH"
@@ -908,7 +837,9 @@ def test_gke_hardening_fields_are_kept_the_way_the_api_returns_them(fake_cloud: 
     assert pool["config"]["shieldedInstanceConfig"]["enableSecureBoot"] is True
     assert pool["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"] is False
     assert found["masterAuthorizedNetworksConfig"] == {
-        "enabled": True, "cidrBlocks": [{"cidrBlock": "203.0.113.0/24"}]}
+        "enabled": True,
+        "cidrBlocks": [{"cidrBlock": "203.0.113.0/24"}],
+    }
     ok(fake, "container", "clusters", "get-credentials", "mf-gke", f"--location={ZONE}")
 
 
@@ -923,9 +854,18 @@ def test_a_pool_added_later_takes_the_cluster_defaults_unless_its_create_says(
     where = ("--cluster=mf-gke", f"--location={ZONE}", "--num-nodes=0", "--async")
     ok(fake, "container", "node-pools", "create", "plain", *where)
     fake.finish_all_operations()
-    ok(fake, "container", "node-pools", "create", "hardened", *where, "--enable-private-nodes",
-       "--no-enable-insecure-kubelet-readonly-port", "--shielded-secure-boot",
-       "--shielded-integrity-monitoring")
+    ok(
+        fake,
+        "container",
+        "node-pools",
+        "create",
+        "hardened",
+        *where,
+        "--enable-private-nodes",
+        "--no-enable-insecure-kubelet-readonly-port",
+        "--shielded-secure-boot",
+        "--shielded-integrity-monitoring",
+    )
     fake.finish_all_operations()
     pools = {p["name"]: p for p in fake.state["clusters"][f"{ZONE}/mf-gke"]["nodePools"]}
     plain, hardened = pools["plain"], pools["hardened"]
@@ -944,27 +884,51 @@ def test_gke_updates_in_place_what_gke_allows_and_refuses_the_rest(fake_cloud: F
     cluster = fake.state["clusters"][f"{ZONE}/mf-gke"]
     assert cluster["networkConfig"]["datapathProvider"] == "LEGACY_DATAPATH"
     assert cluster["nodePools"][0]["config"]["kubeletConfig"] == {
-        "insecureKubeletReadonlyPortEnabled": True}
+        "insecureKubeletReadonlyPortEnabled": True
+    }
     where = ("mf-gke", f"--location={ZONE}", "--quiet")
     ok(fake, "container", "clusters", "update", *where, "--enable-private-nodes")
-    ok(fake, "container", "clusters", "update", *where,
-       "--no-enable-insecure-kubelet-readonly-port")
-    ok(fake, "container", "clusters", "update", *where, "--enable-master-authorized-networks",
-       "--master-authorized-networks=198.51.100.0/24")
+    ok(
+        fake,
+        "container",
+        "clusters",
+        "update",
+        *where,
+        "--no-enable-insecure-kubelet-readonly-port",
+    )
+    ok(
+        fake,
+        "container",
+        "clusters",
+        "update",
+        *where,
+        "--enable-master-authorized-networks",
+        "--master-authorized-networks=198.51.100.0/24",
+    )
     pool = ("default-pool", "--cluster=mf-gke", f"--location={ZONE}", "--quiet")
     ok(fake, "container", "node-pools", "update", *pool, "--enable-private-nodes")
-    ok(fake, "container", "node-pools", "update", *pool,
-       "--no-enable-insecure-kubelet-readonly-port")
+    ok(
+        fake,
+        "container",
+        "node-pools",
+        "update",
+        *pool,
+        "--no-enable-insecure-kubelet-readonly-port",
+    )
     found = fake.state["clusters"][f"{ZONE}/mf-gke"]
     assert found["status"] == "RUNNING"
     assert found["networkConfig"]["defaultEnablePrivateNodes"] is True
     assert found["nodePools"][0]["networkConfig"]["enablePrivateNodes"] is True
-    assert found["nodePools"][0]["config"]["kubeletConfig"][
-        "insecureKubeletReadonlyPortEnabled"] is False
+    assert (
+        found["nodePools"][0]["config"]["kubeletConfig"]["insecureKubeletReadonlyPortEnabled"]
+        is False
+    )
     assert found["masterAuthorizedNetworksConfig"]["cidrBlocks"] == [
-        {"cidrBlock": "198.51.100.0/24"}]
-    update_help = ok(fake, "container", "clusters", "update", "--help",
-                     env={"TERM": "dumb", "PAGER": "cat"})
+        {"cidrBlock": "198.51.100.0/24"}
+    ]
+    update_help = ok(
+        fake, "container", "clusters", "update", "--help", env={"TERM": "dumb", "PAGER": "cat"}
+    )
     assert not re.search(r"--enable-dataplane-v2\b(?!-)", update_help), (
         "GKE picks the dataplane at creation only"
     )
@@ -977,10 +941,20 @@ def test_cloud_nat_lives_in_its_router_and_keeps_the_network_in_use(
     seed_private_network(fake, peering=False)
     at = ("--router=r", f"--region={REGION}")
     ok(fake, "compute", "routers", "create", "r", f"--network={NET}", f"--region={REGION}")
-    assert "NAT `nat` not found" in fails(fake, "compute", "routers", "nats", "describe", "nat",
-                                          *at)
-    ok(fake, "compute", "routers", "nats", "create", "nat", *at,
-       "--auto-allocate-nat-external-ips", "--nat-all-subnet-ip-ranges")
+    assert "NAT `nat` not found" in fails(
+        fake, "compute", "routers", "nats", "describe", "nat", *at
+    )
+    ok(
+        fake,
+        "compute",
+        "routers",
+        "nats",
+        "create",
+        "nat",
+        *at,
+        "--auto-allocate-nat-external-ips",
+        "--nat-all-subnet-ip-ranges",
+    )
     nat = ok_json(fake, "compute", "routers", "nats", "describe", "nat", *at)
     assert nat["sourceSubnetworkIpRangesToNat"] == "ALL_SUBNETWORKS_ALL_IP_RANGES"
     assert nat["natIpAllocateOption"] == "AUTO_ONLY"
@@ -1001,16 +975,29 @@ def test_sql_hardening_patch_merges_and_deletion_protection_blocks_the_delete(
     settings = fake.state["sql_instances"]["psql-seeded"]["settings"]
     assert settings["connectorEnforcement"] == "NOT_REQUIRED"
     assert settings["ipConfiguration"]["sslMode"] == "ALLOW_UNENCRYPTED_AND_ENCRYPTED"
-    ok(fake, "sql", "instances", "patch", "psql-seeded", "--connector-enforcement=REQUIRED",
-       "--ssl-mode=ENCRYPTED_ONLY", "--deletion-protection", "--enable-point-in-time-recovery",
-       "--quiet")
+    ok(
+        fake,
+        "sql",
+        "instances",
+        "patch",
+        "psql-seeded",
+        "--connector-enforcement=REQUIRED",
+        "--ssl-mode=ENCRYPTED_ONLY",
+        "--deletion-protection",
+        "--enable-point-in-time-recovery",
+        "--quiet",
+    )
     settings = fake.state["sql_instances"]["psql-seeded"]["settings"]
     assert settings["connectorEnforcement"] == "REQUIRED"
-    assert settings["ipConfiguration"] == {**settings["ipConfiguration"],
-                                           "sslMode": "ENCRYPTED_ONLY", "ipv4Enabled": False}
+    assert settings["ipConfiguration"] == {
+        **settings["ipConfiguration"],
+        "sslMode": "ENCRYPTED_ONLY",
+        "ipv4Enabled": False,
+    }
     assert settings["backupConfiguration"]["pointInTimeRecoveryEnabled"] is True
     assert "protected from deletion" in fails(
-        fake, "sql", "instances", "delete", "psql-seeded", "--quiet")
+        fake, "sql", "instances", "delete", "psql-seeded", "--quiet"
+    )
     ok(fake, "sql", "instances", "patch", "psql-seeded", "--no-deletion-protection", "--quiet")
     ok(fake, "sql", "instances", "delete", "psql-seeded", "--quiet")
     assert "psql-seeded" not in fake.state["sql_instances"]
@@ -1022,8 +1009,12 @@ def test_an_injected_failure_can_leave_the_resource_broken_as_gcp_does(
     fake = fake_cloud
     seed_private_network(fake, peering=False)
     sa = seed_service_account(fake)
-    fake.fail_next(kind="container.clusters.create", operation_error=True, leave_broken=True,
-                   message="stockout")
+    fake.fail_next(
+        kind="container.clusters.create",
+        operation_error=True,
+        leave_broken=True,
+        message="stockout",
+    )
     ok(fake, *gke_create_args(fake, "mf-gke", sa), "--async")
     fake.finish_all_operations()
     assert fake.state["clusters"][f"{ZONE}/mf-gke"]["status"] == "ERROR"

@@ -19,7 +19,7 @@ from metaflow_gcp.app import open_stack
 from metaflow_gcp.gcp import sql
 from metaflow_gcp.graph import Outcome, Step, run_steps
 from tests.fakes.plugin import FakeCloud
-from tests.fakes.test_fake_gcp import seed_private_network, seed_sql_instance
+from tests.fakes.seeds import seed_private_network, seed_sql_instance
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,8 @@ from .serviceusage import ServiceUsage
 from .sql import Sql
 
 if TYPE_CHECKING:
-    from ..gcp_api import FakeGcpApi, Route
+    from ..core import Route
+    from ..gcp_api import FakeGcpApi
 
 __all__ = [
     "ALL_SERVICES",

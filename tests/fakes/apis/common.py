@@ -7,7 +7,7 @@ import itertools
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..gcp_api import ApiError, Call, not_found
+from ..core import ApiError, Call, not_found
 
 if TYPE_CHECKING:
     from ..gcp_api import FakeGcpApi

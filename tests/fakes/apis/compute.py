@@ -9,7 +9,7 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..gcp_api import (
+from ..core import (
     ApiError,
     Call,
     Deferred,

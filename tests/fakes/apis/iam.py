@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from ..gcp_api import (
+from ..core import (
     PROJECT_NUMBER,
     ApiError,
     Call,

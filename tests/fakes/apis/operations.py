@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..gcp_api import (
+from ..core import (
     PROJECT_NUMBER,
     RPC_CODES,
     Operation,

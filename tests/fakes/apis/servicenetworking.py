@@ -6,7 +6,7 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..gcp_api import (
+from ..core import (
     PROJECT_NUMBER,
     Call,
     OpError,
