@@ -26,10 +26,26 @@ def unit(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fast(session: nox.Session) -> None:
+    """Every layer that starts no gcloud and no `inv` process: unit, charts, state logic."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-q", "-m", "not integration and not cli and not clients", *session.posargs
+    )
+
+
+@nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
     """The real gcloud CLI against the local fakes."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", "-m", "integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def cli(session: nox.Session) -> None:
+    """`inv` as a user types it: the README's command lines, status, upload-dag."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "cli", "tests/cli", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -21,6 +21,8 @@ this module holds the transport, the dispatcher and the operation engine.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import http.client
 import itertools
 import json
@@ -148,6 +150,28 @@ class FakeGcpApi:
             self.latency.clear()
             self._fail_rules.clear()
             self._after_hooks.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of every resource, with all operations finished: a world to restore later.
+
+        Finished operations keep what ``describe`` shows and drop their callbacks (which
+        hold the fake itself and have run).
+        """
+        self.finish_all_operations()
+        with self.lock:
+            operations = {
+                name: dataclasses.replace(op, on_done=None, on_error=None, on_abort=None)
+                for name, op in self.state["operations"].items()
+            }
+            rest = {k: v for k, v in self.state.items() if k != "operations"}
+            return {**copy.deepcopy(rest), "operations": copy.deepcopy(operations)}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Put back a :meth:`snapshot`: its resources, with no log, latency or failure rule."""
+        self.reset()
+        with self.lock:
+            self.state.clear()
+            self.state.update(copy.deepcopy(snapshot))
 
     def set_latency(self, kind: str, seconds: float) -> None:
         """Operations of ``kind`` (or every kind, for ``"default"``) take ``seconds``."""

@@ -112,11 +112,18 @@ class FakeGcs:
         self._proc = None
 
     # -- state helpers -------------------------------------------------------------
-    def _request(self, method: str, path: str, timeout: float = 10) -> bytes:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        timeout: float = 10,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         """One plain-HTTP request to the emulator; raises ``GcsError`` on >= 400."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path)
+            conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             body = resp.read()
         finally:
@@ -148,3 +155,45 @@ class FakeGcs:
                     self._request("DELETE", f"/storage/v1/b/{q}/o/{name}{suffix}")
             with contextlib.suppress(GcsError):
                 self._request("DELETE", f"/storage/v1/b/{q}")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every bucket (name, versioning, labels) with its live objects' bytes and metadata."""
+        buckets = []
+        for item in self._json("GET", "/storage/v1/b?project=any").get("items", []):
+            q = urllib.parse.quote(item["name"], safe="")
+            objects = []
+            for obj in self._json("GET", f"/storage/v1/b/{q}/o").get("items", []):
+                name = urllib.parse.quote(obj["name"], safe="")
+                data = self._request("GET", f"/storage/v1/b/{q}/o/{name}?alt=media")
+                meta = {k: obj[k] for k in ("name", "contentType", "metadata") if k in obj}
+                objects.append({"meta": meta, "data": data})
+            keep = {k: item[k] for k in ("name", "versioning", "labels") if k in item}
+            buckets.append({"bucket": keep, "objects": objects})
+        return buckets
+
+    def restore(self, snapshot: list[dict[str, Any]]) -> None:
+        """Empty the emulator, then make the buckets and objects of a :meth:`snapshot`."""
+        self.reset()
+        for entry in snapshot:
+            bucket = entry["bucket"]
+            headers = {"Content-Type": "application/json"}
+            body = json.dumps(bucket).encode()
+            self._request("POST", "/storage/v1/b?project=any", body=body, headers=headers)
+            q = urllib.parse.quote(bucket["name"], safe="")
+            for obj in entry["objects"]:
+                boundary = "snapshot-boundary"
+                parts = (
+                    (
+                        f"--{boundary}\r\nContent-Type: application/json\r\n\r\n"
+                        f"{json.dumps(obj['meta'])}\r\n--{boundary}\r\n"
+                        "Content-Type: application/octet-stream\r\n\r\n"
+                    ).encode()
+                    + obj["data"]
+                    + f"\r\n--{boundary}--\r\n".encode()
+                )
+                self._request(
+                    "POST",
+                    f"/upload/storage/v1/b/{q}/o?uploadType=multipart",
+                    body=parts,
+                    headers={"Content-Type": f"multipart/related; boundary={boundary}"},
+                )

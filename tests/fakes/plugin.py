@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,15 @@ from .core import Operation, RequestLog
 from .gcp_api import FakeGcpApi
 from .gcs import FakeGcs
 from .tls import TlsFiles, make_tls_files
+
+
+@dataclass(frozen=True)
+class CloudSnapshot:
+    """What :meth:`FakeCloud.snapshot` keeps; opaque to tests."""
+
+    api: dict[str, Any]
+    gcs: list[dict[str, Any]]
+    kubeconfig: str | None
 
 
 class FakeCloud:
@@ -142,6 +152,23 @@ class FakeCloud:
         """Empty project (optionally with every API enabled), empty bucket list, no rules."""
         self.api.reset(enable_apis=enable_apis)
         self.gcs.reset()
+
+    def snapshot(self) -> CloudSnapshot:
+        """Everything a test built (resources, buckets and objects, kubeconfig), to restore
+        into another test's fresh fakes instead of building it again through gcloud."""
+        kubeconfig = Path(self.env["KUBECONFIG"])
+        return CloudSnapshot(
+            api=self.api.snapshot(),
+            gcs=self.gcs.snapshot(),
+            kubeconfig=kubeconfig.read_text() if kubeconfig.exists() else None,
+        )
+
+    def restore(self, snapshot: CloudSnapshot) -> None:
+        """This project as it was at :meth:`snapshot`, with an empty request log."""
+        self.api.restore(snapshot.api)
+        self.gcs.restore(snapshot.gcs)
+        if snapshot.kubeconfig is not None:
+            Path(self.env["KUBECONFIG"]).write_text(snapshot.kubeconfig)
 
     def reserve_sql_name(self, name: str) -> None:
         """Pretend an instance called ``name`` was deleted within the last week."""

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from metaflow_gcp import infra
 from metaflow_gcp.config import Settings, load_settings
 from metaflow_gcp.gcp.gcloud import Gcloud
 from metaflow_gcp.shell import Runner
 from metaflow_gcp.state import StateStore
 from tests.fakes.gcs import FakeGcs
+from tests.fakes.plugin import CloudSnapshot, FakeCloud
+from tests.integration.stacks import make_stack, output
 
 STACK = {"org_prefix": "acme", "project": "fake-project", "stack": "it"}
 
@@ -57,3 +60,32 @@ def store_factory(gcs_env: dict[str, str], settings: Settings):  # type: ignore[
         return StateStore(Gcloud(runner, settings.project), settings.names(), location="us-west2")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finished_stack_snapshot(
+    fake_cloud_server: FakeCloud, tmp_path_factory: pytest.TempPathFactory
+) -> CloudSnapshot:
+    """The fakes after one cold `infra.up` of the default stack, built once per session.
+
+    A cold up is some forty gcloud processes; tests whose subject starts from a finished
+    stack restore this instead of building it again (the cold up is specified on its own).
+    """
+    fake = FakeCloud(
+        fake_cloud_server.api,
+        fake_cloud_server.gcs,
+        fake_cloud_server.tls,
+        tmp_path_factory.mktemp("finished-stack"),
+    )
+    fake.reset(enable_apis=True)
+    stack = make_stack(fake)
+    report = infra.up(stack)
+    assert report is not None and report.ok, output(stack)
+    return fake.snapshot()
+
+
+@pytest.fixture
+def finished_stack(fake_cloud: FakeCloud, finished_stack_snapshot: CloudSnapshot) -> FakeCloud:
+    """`fake_cloud` holding a finished default stack (state file, kube context and all)."""
+    fake_cloud.restore(finished_stack_snapshot)
+    return fake_cloud

@@ -31,10 +31,9 @@ def cloud_resources(fake: FakeCloud) -> dict[str, list[str]]:
 
 
 def test_up_teardown_up_again_with_a_new_db_name_then_delete_everything(
-    fake_cloud: FakeCloud,
+    finished_stack: FakeCloud,
 ) -> None:
-    first = make_stack(fake_cloud)
-    assert infra.up(first).ok  # type: ignore[union-attr]
+    fake_cloud = finished_stack  # one cold infra.up (tests/integration/conftest.py)
     assert "mf-it-pg-0" in fake_cloud.state["sql_instances"]
 
     seen = day2.collect_status(make_stack(fake_cloud))

@@ -169,12 +169,17 @@ def test_gke_refusing_the_gpu_in_the_zone_is_translated_too(fake_cloud: FakeClou
     assert error.one_line().startswith("gpu_type: zone us-west2-a does not offer nvidia-tesla-t4.")
 
 
-def test_a_cold_up_with_a_gpu_pool_converges_and_reruns_as_a_no_op(fake_cloud: FakeCloud) -> None:
+def test_a_gpu_pool_added_to_a_finished_stack_converges_and_reruns_as_a_no_op(
+    finished_stack: FakeCloud,
+) -> None:
+    fake_cloud = finished_stack
     stack = make_stack(fake_cloud, gpu_type="nvidia-l4")
     report = infra.up(stack)
     assert report is not None and report.ok, output(stack)
     assert report.outcomes()["gpu_pool"] is Outcome.CREATED
-    assert "spot_pool" not in report.outcomes()  # a cold stack without Spot gets no step
+    assert report.outcomes()["spot_pool"] is Outcome.KEPT  # looked for one to remove: none
+    changed = [r.kind for r in fake_cloud.requests if r.is_mutating and r.api != "storage"]
+    assert changed == ["container.nodePools.create"], "the pool and nothing else"
     assert pools(fake_cloud)["gpu"]["status"] == "RUNNING"
 
     before = len(fake_cloud.requests)
