@@ -199,16 +199,21 @@ def test_an_unreachable_cluster_is_skipped_with_a_word_about_its_disks(
     )
 
 
-def test_a_missing_auth_plugin_stops_teardown_instead_of_skipping(
-    fp: FakeProcess, tmp_path: Path
-) -> None:
-    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
-    cluster_is_running(fp)
+def helm_has_no_auth_plugin(fp: FakeProcess) -> None:
+    """helm reaches for GKE credentials and the machine lacks gke-gcloud-auth-plugin."""
     fp.register(
         HELM_LIST,
         returncode=1,
         stderr="Error: getting credentials: exec: executable gke-gcloud-auth-plugin not found\n",
     )
+
+
+def test_a_missing_auth_plugin_stops_teardown_instead_of_skipping(
+    fp: FakeProcess, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
+    cluster_is_running(fp)
+    helm_has_no_auth_plugin(fp)
 
     report = empty_then_delete(stack)
 
@@ -243,11 +248,7 @@ def test_cloud_sql_is_listed_while_the_cluster_empties_but_not_deleted_when_that
 ) -> None:
     stack = make_stack(tmp_path, tools=("gcloud", "kubectl", "helm"))
     cluster_is_running(fp)
-    fp.register(
-        HELM_LIST,
-        returncode=1,
-        stderr="Error: getting credentials: exec: executable gke-gcloud-auth-plugin not found\n",
-    )
+    helm_has_no_auth_plugin(fp)
     listed = json.dumps([{"name": "mf-dev-pg-0", "settings": {}}])
     fp.register(["gcloud", "sql", "instances", "list", FakeProcess.any()], stdout=listed)
     steps = [s for s in teardown.Teardown(stack, delete_data=False).steps()
