@@ -11,11 +11,17 @@ nox.options.error_on_missing_interpreters = False
 PYTHON = "3.11"
 
 
+# Most tests wait on gcloud processes, so one worker per core keeps both cores busy;
+# worksteal evens out the few minute-long end-to-end tests.
+WORKERS = ("-n", "auto", "--dist", "worksteal")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Every test: unit, integration (real gcloud vs local fakes), charts."""
+    """Every test, one worker per core: unit, integration (real gcloud vs local fakes), charts, the
+    command line, the real Metaflow client. `nox -s tests -- -p no:xdist ...` runs serially."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", *(session.posargs or ["-q", *WORKERS]))
 
 
 @nox.session(python=PYTHON)
@@ -38,7 +44,7 @@ def fast(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """The real gcloud CLI against the local fakes."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-m", "integration", *session.posargs)
+    session.run("pytest", "-q", *WORKERS, "-m", "integration", *session.posargs)
 
 
 @nox.session(python=PYTHON)
