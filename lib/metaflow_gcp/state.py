@@ -17,7 +17,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +69,7 @@ class StateStore:
         self.url = f"gs://{names.state_bucket}/{names.state_object}"
         self.lock_id = uuid.uuid4().hex
         self._last: Snapshot | None = None
+        self._versioning: Future[None] | None = None  # turned on beside the first write
 
     # -- bucket --------------------------------------------------------------------------
 
@@ -78,6 +79,10 @@ class StateStore:
         On a brand-new project two first runs can both find no bucket and both create it;
         the second create answers 409. That bucket is the one we wanted, so go on: the
         lock in the document, taken next, decides which run goes ahead.
+
+        A bucket this run just made holds no document, so the first read is skipped, and
+        versioning is turned on beside the first write: the first write replaces nothing,
+        and every later write waits until versioning is on, so no version is ever lost.
         """
         bucket = f"gs://{self.names.state_bucket}"
         found = self._describe_bucket(bucket)
@@ -97,9 +102,23 @@ class StateStore:
                 created = True
             except AlreadyExists:  # made by a concurrent first run a moment ago
                 found = self._describe_bucket(bucket)
-        if found is None or not found.get("versioning_enabled"):
-            self.gcloud.mutate("storage", "buckets", "update", bucket, "--versioning", fmt=None)
+        if found is not None and found.get("versioning_enabled"):
+            return created
+        if created and not self.gcloud.dry_run:
+            self._remember(Snapshot(self._blank(), 0))
+            self._versioning = ThreadPoolExecutor(1).submit(self._turn_on_versioning, bucket)
+        else:
+            self._turn_on_versioning(bucket)
         return created
+
+    def _turn_on_versioning(self, bucket: str) -> None:
+        self.gcloud.mutate("storage", "buckets", "update", bucket, "--versioning", fmt=None)
+
+    def _versioned(self) -> None:
+        """Wait for versioning turned on beside the first write (and raise what it raised)."""
+        pending, self._versioning = self._versioning, None
+        if pending is not None:
+            pending.result()
 
     def _describe_bucket(self, bucket: str) -> dict[str, Any] | None:
         try:
@@ -174,6 +193,8 @@ class StateStore:
         Uploads from a small temp file: small uploads are single-request (non-resumable),
         which is where every GCS implementation checks the precondition.
         """
+        if generation != 0:  # a write that replaces a version keeps it only once versioned
+            self._versioned()
         write_id = uuid.uuid4().hex
         data = {
             **data,

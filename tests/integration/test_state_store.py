@@ -25,17 +25,31 @@ StoreFactory = Callable[[], StateStore]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_state_bucket_is_created_private_uniform_and_versioned(
+def test_the_state_bucket_is_versioned_before_any_write_replaces_a_version(
     store_factory: StoreFactory,
 ) -> None:
     store = store_factory()
     assert store.ensure_bucket() is True
+    store.acquire("infra.up")  # the first write: nothing to replace, versioning on beside it
+    store.release()  # the second replaces the first: only once versioning is on
     bucket = store.gcloud.describe(
         "storage", "buckets", "describe", f"gs://{store.names.state_bucket}"
     )
     assert bucket is not None
     assert bucket["versioning_enabled"] is True
     assert store.ensure_bucket() is False
+
+
+def test_a_bucket_made_by_this_run_is_not_read_before_the_first_write(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    store.ensure_bucket()
+    store.acquire("infra.up")
+    reads = [c for c in store.gcloud.runner.history if " objects describe " in c.command
+             or " cat " in c.command]
+    assert reads == [], "it holds no document: the write with generation 0 is the read"
+    assert store.read().data["lock"]["task"] == "infra.up"
 
 
 def test_a_missing_document_reads_as_blank_at_generation_zero(store_factory: StoreFactory) -> None:
