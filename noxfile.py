@@ -33,7 +33,7 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def fast(session: nox.Session) -> None:
-    """Every layer that starts no gcloud and no `inv` process: unit, charts, state logic."""
+    """Every layer that starts no gcloud and no `inv` process: unit and charts."""
     session.install("-e", ".[test]")
     session.run(
         "pytest", "-q", "-m", "not integration and not cli and not clients", *session.posargs

@@ -480,6 +480,7 @@ def _apply(task: TaskRun, doc: Doc | None, *, refresh: bool) -> Report:
         if doc is None:
             stack.state.ensure_bucket()
         task.lock()
+        stack.state.wait_for_versioning()
         assert stack.state.last is not None
         run.adopt(stack.state.last.data)
 

@@ -106,7 +106,9 @@ class StateStore:
             return created
         if created and not self.gcloud.dry_run:
             self._remember(Snapshot(self._blank(), 0))
-            self._versioning = ThreadPoolExecutor(1).submit(self._turn_on_versioning, bucket)
+            pool = ThreadPoolExecutor(1, thread_name_prefix="versioning")
+            self._versioning = pool.submit(self._turn_on_versioning, bucket)
+            pool.shutdown(wait=False)  # the one task still runs; no thread is left behind
         else:
             self._turn_on_versioning(bucket)
         return created
@@ -114,8 +116,12 @@ class StateStore:
     def _turn_on_versioning(self, bucket: str) -> None:
         self.gcloud.mutate("storage", "buckets", "update", bucket, "--versioning", fmt=None)
 
-    def _versioned(self) -> None:
-        """Wait for versioning turned on beside the first write (and raise what it raised)."""
+    def wait_for_versioning(self) -> None:
+        """Wait for versioning turned on beside the first write, and raise what it raised.
+
+        Call it right after taking the lock: a failure then stops the run before anything
+        but the lock was written, and the release that follows does not raise it again.
+        """
         pending, self._versioning = self._versioning, None
         if pending is not None:
             pending.result()
@@ -194,7 +200,7 @@ class StateStore:
         which is where every GCS implementation checks the precondition.
         """
         if generation != 0:  # a write that replaces a version keeps it only once versioned
-            self._versioned()
+            self.wait_for_versioning()
         write_id = uuid.uuid4().hex
         data = {
             **data,
